@@ -1,0 +1,286 @@
+"""The server: assembles the aiohttp app from the plugins and runs its lifecycle.
+
+``POST /`` is the RPC endpoint (protocol.md §1.4): parse the envelope, validate the data,
+run the operation in one store transaction, reply with ``head.status`` equal to the HTTP status.
+On SIGTERM the server stops accepting (503), lets in-flight requests finish, stops background
+work and closes the store, all within ``api.http.timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import engine
+from . import protocol as proto
+from .addresses import BUILTIN_SCHEMES
+from .config import Settings
+from .engine import Ctx, StateChange
+from .plugins import PluginManager
+from .store import Store, StoreBackend, StoreError, StoreTx, StoreUnavailable
+from .transport import Transport
+
+log = logging.getLogger("resonate.server")
+
+LEGACY_PREFIXES = ("/promises", "/schedules", "/tasks")
+LEGACY_BODY = orjson.dumps(
+    {"error": "This endpoint is no longer supported. Please update to the latest SDK."})
+DEBUG_KINDS = frozenset({"debug.start", "debug.stop", "debug.reset", "debug.tick", "debug.snap"})
+
+
+class Clock:
+    """Wall-clock milliseconds that never go backwards."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def __call__(self) -> int:
+        now = int(time.time() * 1000)
+        if now > self.last:
+            self.last = now
+        return self.last
+
+
+async def _maybe_await(value: Awaitable[None] | None) -> None:
+    if value is not None:
+        await value
+
+
+class Server:
+    """One server process: settings, plugins, store, HTTP app and background loops."""
+
+    def __init__(self, settings: Settings, pm: PluginManager, backend: StoreBackend) -> None:
+        self.settings = settings
+        self.pm = pm
+        self.backend = backend
+        self.store: Store = backend.factory(settings.section(f"aio.store.{backend.name}"),
+                                            settings)
+        self.debug: bool = settings["debug"]
+        self.retry_timeout = int(settings["tasks.retry_timeout"] * 1000)
+        self.poll_interval: float = settings["timeouts.poll_interval"]
+        self.shutdown_timeout: float = settings["api.http.timeout"]
+        port = settings["api.http.port"]
+        self.url: str = settings["api.http.url"] or f"http://localhost:{port}"
+        self.clock = Clock()
+        self.transports: dict[str, Transport] = {}
+        self.schemes: frozenset[str] = BUILTIN_SCHEMES
+        self.paused = False  # debug.start pauses background work
+        self.accepting = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._observe_requests = bool(pm.hook.resonate_request_finished.get_hookimpls())
+        self._observe_changes = bool(pm.hook.resonate_state_changes.get_hookimpls())
+        self.app = self._build_app()
+
+    # --- assembly ----------------------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings["api.http.max_body_size"])
+        app.router.add_post("/", self.handle_rpc)
+        for batch in self.pm.hook.resonate_routes(server=self):
+            for method, path, handler in batch:
+                app.router.add_route(method, path, handler)
+        for prefix in LEGACY_PREFIXES:
+            app.router.add_route("*", prefix, self.handle_legacy)
+            app.router.add_route("*", prefix + "/{tail:.*}", self.handle_legacy)
+        return app
+
+    async def start_background(self) -> None:
+        """Open the store, start transports and plugins; then accept requests."""
+        await self.store.start()
+        transports = [t for batch in self.pm.hook.resonate_transports(server=self) for t in batch]
+        for t in transports:
+            for scheme in t.schemes:
+                if scheme in self.transports:
+                    raise StoreError(f"two transports claim the scheme '{scheme}'")
+                self.transports[scheme] = t
+            await t.start()
+        if self.transports:
+            self.schemes = frozenset(self.transports)
+        for result in self.pm.hook.resonate_startup(server=self):
+            await _maybe_await(result)
+        self._tasks.append(asyncio.create_task(self._timeouts_loop(), name="timeouts"))
+        self.accepting = True
+
+    async def stop_background(self) -> None:
+        """Stop loops, let plugins and transports shut down, close the store."""
+        self.accepting = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for result in self.pm.hook.resonate_shutdown(server=self):
+            with contextlib.suppress(Exception):
+                await _maybe_await(result)
+        for t in set(self.transports.values()):
+            with contextlib.suppress(Exception):
+                await t.stop()
+        await self.store.close()
+
+    # --- request handling --------------------------------------------------------------------
+
+    def ctx(self, now: int, corr_id: str = "0") -> Ctx:
+        return Ctx(now, self.retry_timeout, self.schemes, corr_id,
+                   [] if self._observe_changes else None)
+
+    async def transact(self, c: Ctx, fn: Callable[[StoreTx], Awaitable[Any]]) -> Any:
+        """Run ``fn`` in a transaction; report state changes once it committed."""
+        result = await self.store.transact(fn)
+        if c.changes:
+            self.pm.hook.resonate_state_changes(changes=c.changes)
+        return result
+
+    async def handle_rpc(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        self.in_flight += 1
+        self._idle.clear()
+        kind, status = "unknown", 500
+        try:
+            kind, corr_id, status, data = await self._dispatch(request)
+            body = proto.render(kind, corr_id, status, data)
+            return web.Response(body=body, status=status, content_type="application/json")
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+            if self._observe_requests:
+                self.pm.hook.resonate_request_finished(
+                    kind=kind, status=status, duration=time.perf_counter() - started)
+
+    async def _dispatch(self, request: web.Request) -> tuple[str, str, int, Any]:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            limit = self.settings["api.http.max_body_size"]
+            return "unknown", "0", 413, f"Request body exceeds the limit of {limit} bytes"
+        try:
+            env = proto.parse_envelope(body)
+        except proto.EnvelopeError as e:
+            return e.kind, e.corr_id, e.status, e.message
+        if not self.accepting:
+            return env.kind, env.corr_id, 503, "Server is shutting down"
+        now = env.debug_time if self.debug and env.debug_time is not None else self.clock()
+        try:
+            status, data = await self.run_operation(env, now)
+        except proto.RpcError as e:
+            status, data = e.status, e.message
+        except StoreUnavailable as e:
+            log.warning("store unavailable for %s: %s", env.kind, e)
+            status, data = 503, f"Store unavailable: {e}"
+        except StoreError as e:
+            log.error("store error for %s: %s", env.kind, e)
+            status, data = 500, f"Internal error: {e}"
+        except Exception:
+            log.exception("unexpected error handling %s (corrId %s)", env.kind, env.corr_id)
+            status, data = 500, "Internal error: unexpected server failure (see server log)"
+        return env.kind, env.corr_id, status, data
+
+    async def run_operation(self, env: proto.Envelope, now: int) -> tuple[int, Any]:
+        c = self.ctx(now, env.corr_id)
+        op = engine.OPERATIONS.get(env.kind)
+        if op is not None:
+            parse, run = op
+            req = parse(env.data, c)
+            return await self.transact(c, lambda tx: run(tx, c, req))  # type: ignore[no-any-return]
+        if env.kind in DEBUG_KINDS:
+            if not self.debug:
+                return 403, "Debug operations are disabled"
+            return await self._debug(env, c)
+        return 400, f"Unknown operation: {env.kind}"
+
+    async def _debug(self, env: proto.Envelope, c: Ctx) -> tuple[int, Any]:
+        kind = env.kind
+        if kind == "debug.start":
+            self.paused = True
+            return 200, {}
+        if kind == "debug.stop":
+            self.paused = False
+            return 200, {}
+        if kind == "debug.reset":
+            await self.store.transact(lambda tx: tx.reset())
+            return 200, {}
+        if kind == "debug.snap":
+            return 200, await self.store.transact(engine.snapshot)
+        t = env.data.get("time")
+        if not proto._is_i64(t):
+            return 400, "Missing or invalid 'time' field"
+        if env.debug_time is not None and env.debug_time != t:
+            return 400, "resonate:debug_time must equal data.time"
+        tick = self.ctx(t)
+        await self.transact(tick, lambda tx: engine.process_timeouts(tx, tick))
+        return 200, []
+
+    async def handle_legacy(self, request: web.Request) -> web.Response:
+        return web.Response(body=LEGACY_BODY, status=410, content_type="application/json")
+
+    # --- background work ---------------------------------------------------------------------
+
+    async def _timeouts_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            if self.paused:
+                continue
+            try:
+                while True:
+                    c = self.ctx(self.clock())
+                    done = await self.transact(c, lambda tx, c=c: engine.process_timeouts(tx, c))
+                    if done < 1000:
+                        break
+            except StoreError as e:
+                log.warning("timeout processing failed, will retry: %s", e)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def serve(self, host: str, port: int, ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM/SIGINT, then shut down gracefully within the timeout."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start_background()
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                               shutdown_timeout=self.shutdown_timeout)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, shutdown_timeout=self.shutdown_timeout)
+        try:
+            await site.start()
+        except OSError as e:
+            await self.stop_background()
+            raise StoreError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        log.info("resonate server listening on http://%s:%s (store: %s)", host, port,
+                 self.backend.name)
+        if ready is not None:
+            ready()
+        await stop.wait()
+        deadline = loop.time() + self.shutdown_timeout
+        log.info("shutting down (timeout %gs)", self.shutdown_timeout)
+        self.accepting = False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.wait_idle(), max(0.0, deadline - loop.time()))
+        await self.stop_background()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(runner.cleanup(), max(0.5, deadline - loop.time()))
+        log.info("shutdown complete")
+
+
+def build_server(settings: Settings, pm: PluginManager) -> Server:
+    pm.validate(settings)
+    return Server(settings, pm, pm.select_store(settings))
+
+
+__all__ = ["Server", "StateChange", "build_server"]

@@ -1,0 +1,54 @@
+"""The core's own settings, registered as an ordinary plugin."""
+
+from __future__ import annotations
+
+import pluggy
+
+from .config import Duration, Setting, Settings
+
+hookimpl = pluggy.HookimplMarker("resonate")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@hookimpl
+def resonate_config_settings() -> list[Setting]:
+    return [
+        Setting("api.http.host", str, "0.0.0.0", "Address the API listens on."),
+        Setting("api.http.port", int, 8001, "Port of the API (RPC, health, SSE).", minimum=0),
+        Setting("api.http.url", str, "",
+                "URL workers use to reach this server (sent in execute messages); "
+                "default http://localhost:<port>."),
+        Setting("api.http.timeout", Duration, "10s",
+                "Graceful shutdown: how long in-flight work may take after SIGTERM."),
+        Setting("api.http.max_body_size", int, 10 * 1024 * 1024,
+                "Largest request body accepted, in bytes (larger gets 413).", minimum=1024),
+        Setting("debug", bool, False,
+                "Enable debug.* operations and the resonate:debug_time request header."),
+        Setting("log.level", str, "info", "Log level.", choices=LOG_LEVELS),
+        Setting("log.format", str, "text", "Log format: text for people, json for collectors.",
+                choices=("text", "json")),
+        Setting("tasks.retry_timeout", Duration, "30s",
+                "How long a pending task waits before its execute message is sent again."),
+        Setting("timeouts.poll_interval", Duration, "1s",
+                "How often promise timeouts, task leases and retries are processed."),
+        # The seed's PostgreSQL surface; the store itself comes from the postgres plugin.
+        Setting("aio.store.postgres.enable", bool, False, "Use PostgreSQL as the store."),
+        Setting("aio.store.postgres.host", str, "localhost", "PostgreSQL host."),
+        Setting("aio.store.postgres.port", int, 5432, "PostgreSQL port.", minimum=1),
+        Setting("aio.store.postgres.database", str, "resonate", "PostgreSQL database."),
+        Setting("aio.store.postgres.username", str, "", "PostgreSQL user."),
+        Setting("aio.store.postgres.password", str, "", "PostgreSQL password.", secret=True),
+        Setting("aio.store.postgres.query", str, "",
+                "Extra connection parameters as a query string, e.g. sslmode=require."),
+    ]
+
+
+@hookimpl
+def resonate_config_validate(settings: Settings) -> list[str]:
+    errors = []
+    if settings["tasks.retry_timeout"] <= 0:
+        errors.append("'tasks.retry_timeout' must be greater than 0")
+    if settings["timeouts.poll_interval"] <= 0:
+        errors.append("'timeouts.poll_interval' must be greater than 0")
+    return errors

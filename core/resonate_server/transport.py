@@ -1,0 +1,28 @@
+"""The interface of a transport plugin: how outbox messages leave the server."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from .addresses import Address
+
+
+class Transport(ABC):
+    """Delivers messages to the addresses of its ``schemes`` (for example ``{"poll"}``)."""
+
+    name: str = "transport"
+    schemes: frozenset[str] = frozenset()
+
+    async def start(self) -> None:
+        """Acquire resources (client sessions, queues). Called once before any ``send``."""
+
+    async def stop(self) -> None:
+        """Release resources and end open streams. Called once at shutdown."""
+
+    @abstractmethod
+    async def send(self, address: Address, message: dict[str, Any]) -> bool:
+        """Hand ``message`` to ``address``; True when it left the server, False when dropped.
+
+        Must not block for long: queue and return. Raising is treated as a failed delivery.
+        """

@@ -1,0 +1,3 @@
+"""Health endpoints for resonate-server."""
+
+__version__ = "0.1.0"

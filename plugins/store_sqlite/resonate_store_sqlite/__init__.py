@@ -1,0 +1,3 @@
+"""The embedded SQLite store for resonate-server."""
+
+__version__ = "0.1.0"
