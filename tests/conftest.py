@@ -66,8 +66,13 @@ class Client:
         self.host, self.port = host, port
         self._conn: http.client.HTTPConnection | None = None
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
         for attempt in range(2):
             if self._conn is None:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
@@ -86,10 +91,20 @@ class Client:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         return self.request("POST", "/", body, {"Content-Type": "application/json"})
 
-    def call(self, kind: str, data: Any, *, time: int | None = None,
-             corr_id: str | None = None, head: dict[str, Any] | None = None) -> Reply:
+    def call(
+        self,
+        kind: str,
+        data: Any,
+        *,
+        time: int | None = None,
+        corr_id: str | None = None,
+        head: dict[str, Any] | None = None,
+    ) -> Reply:
         """Send one envelope; ``time`` sets ``head["resonate:debug_time"]``."""
-        h: dict[str, Any] = {"corrId": corr_id or f"t-{next(self._ids)}", "version": PROTOCOL_VERSION}
+        h: dict[str, Any] = {
+            "corrId": corr_id or f"t-{next(self._ids)}",
+            "version": PROTOCOL_VERSION,
+        }
         if time is not None:
             h["resonate:debug_time"] = time
         if head:
@@ -116,8 +131,15 @@ class ServerProcess:
     looked up and the default `resonate.db` lives).
     """
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        command: str = "serve",
+    ) -> None:
+        self.command = command
         self.port = port or free_port()
         self.args = args
         self.cwd = cwd
@@ -130,12 +152,21 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> ServerProcess:
-        cmd = [sys.executable, "-m", "resonate_server", "serve",
-               "--api-http-host", "127.0.0.1", "--api-http-port", str(self.port), *self.args]
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
+        cmd = [
+            sys.executable,
+            "-m",
+            "resonate_server",
+            self.command,
+            "--api-http-host",
+            "127.0.0.1",
+            "--api-http-port",
+            str(self.port),
+            *self.args,
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         if wait:
             self.wait_ready()
         return self
@@ -203,13 +234,21 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture
 def make_server(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Any]:
-    """Factory: ``make_server(*flags, env=None, store=True)`` starts a server in ``workdir``."""
+    """Factory: ``make_server(*flags, env=, store=, port=, wait=, command=)`` starts a server.
+
+    It runs in ``workdir``; ``store=False`` leaves out the ``--store`` flags."""
     started: list[ServerProcess] = []
 
-    def make(*flags: str, env: dict[str, str] | None = None, store: bool = True,
-             port: int | None = None, wait: bool = True) -> ServerProcess:
+    def make(
+        *flags: str,
+        env: dict[str, str] | None = None,
+        store: bool = True,
+        port: int | None = None,
+        wait: bool = True,
+        command: str = "serve",
+    ) -> ServerProcess:
         args = (store_args(request.config, workdir) if store else []) + list(flags)
-        s = ServerProcess(args, workdir, env=env, port=port)
+        s = ServerProcess(args, workdir, env=env, port=port, command=command)
         started.append(s)
         return s.start(wait=wait)
 

@@ -28,8 +28,11 @@ def parse(raw: str) -> Address | None:
     if not raw or any(c in raw for c in " \t\r\n\x00"):
         return None
     scheme, sep, rest = raw.partition("://")
-    if not sep or not scheme or not (scheme[0].isalpha() and all(
-            c.isalnum() or c in "+-." for c in scheme)):
+    if (
+        not sep
+        or not scheme
+        or not (scheme[0].isalpha() and all(c.isalnum() or c in "+-." for c in scheme))
+    ):
         return None
     scheme = scheme.lower()
     if scheme == "poll":

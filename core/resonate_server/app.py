@@ -21,18 +21,20 @@ from aiohttp import web
 
 from . import engine
 from . import protocol as proto
-from .addresses import BUILTIN_SCHEMES
+from .addresses import BUILTIN_SCHEMES, parse
 from .config import Settings
 from .engine import Ctx, StateChange
 from .plugins import PluginManager
-from .store import Store, StoreBackend, StoreError, StoreTx, StoreUnavailable
+from .records import execute_message, unblock_message
+from .store import Message, Store, StoreBackend, StoreError, StoreTx, StoreUnavailable
 from .transport import Transport
 
 log = logging.getLogger("resonate.server")
 
 LEGACY_PREFIXES = ("/promises", "/schedules", "/tasks")
 LEGACY_BODY = orjson.dumps(
-    {"error": "This endpoint is no longer supported. Please update to the latest SDK."})
+    {"error": "This endpoint is no longer supported. Please update to the latest SDK."}
+)
 DEBUG_KINDS = frozenset({"debug.start", "debug.stop", "debug.reset", "debug.tick", "debug.snap"})
 
 
@@ -61,11 +63,13 @@ class Server:
         self.settings = settings
         self.pm = pm
         self.backend = backend
-        self.store: Store = backend.factory(settings.section(f"aio.store.{backend.name}"),
-                                            settings)
+        self.store: Store = backend.factory(settings.section(f"aio.store.{backend.name}"), settings)
         self.debug: bool = settings["debug"]
         self.retry_timeout = int(settings["tasks.retry_timeout"] * 1000)
         self.poll_interval: float = settings["timeouts.poll_interval"]
+        self.message_interval: float = settings["messages.poll_interval"]
+        self.message_batch: int = settings["messages.batch_size"]
+        self._outbox = asyncio.Event()
         self.shutdown_timeout: float = settings["api.http.timeout"]
         port = settings["api.http.port"]
         self.url: str = settings["api.http.url"] or f"http://localhost:{port}"
@@ -80,6 +84,7 @@ class Server:
         self._tasks: list[asyncio.Task[None]] = []
         self._observe_requests = bool(pm.hook.resonate_request_finished.get_hookimpls())
         self._observe_changes = bool(pm.hook.resonate_state_changes.get_hookimpls())
+        self._observe_deliveries = bool(pm.hook.resonate_message_delivered.get_hookimpls())
         self.app = self._build_app()
 
     # --- assembly ----------------------------------------------------------------------------
@@ -105,11 +110,11 @@ class Server:
                     raise StoreError(f"two transports claim the scheme '{scheme}'")
                 self.transports[scheme] = t
             await t.start()
-        if self.transports:
-            self.schemes = frozenset(self.transports)
+        self.schemes = BUILTIN_SCHEMES | frozenset(self.transports)
         for result in self.pm.hook.resonate_startup(server=self):
             await _maybe_await(result)
         self._tasks.append(asyncio.create_task(self._timeouts_loop(), name="timeouts"))
+        self._tasks.append(asyncio.create_task(self._messages_loop(), name="messages"))
         self.accepting = True
 
     async def stop_background(self) -> None:
@@ -132,12 +137,15 @@ class Server:
     # --- request handling --------------------------------------------------------------------
 
     def ctx(self, now: int, corr_id: str = "0") -> Ctx:
-        return Ctx(now, self.retry_timeout, self.schemes, corr_id,
-                   [] if self._observe_changes else None)
+        return Ctx(
+            now, self.retry_timeout, self.schemes, corr_id, [] if self._observe_changes else None
+        )
 
     async def transact(self, c: Ctx, fn: Callable[[StoreTx], Awaitable[Any]]) -> Any:
         """Run ``fn`` in a transaction; report state changes once it committed."""
         result = await self.store.transact(fn)
+        if c.outbox:
+            self._outbox.set()
         if c.changes:
             self.pm.hook.resonate_state_changes(changes=c.changes)
         return result
@@ -157,7 +165,8 @@ class Server:
                 self._idle.set()
             if self._observe_requests:
                 self.pm.hook.resonate_request_finished(
-                    kind=kind, status=status, duration=time.perf_counter() - started)
+                    kind=kind, status=status, duration=time.perf_counter() - started
+                )
 
     async def _dispatch(self, request: web.Request) -> tuple[str, str, int, Any]:
         try:
@@ -241,6 +250,54 @@ class Server:
             except StoreError as e:
                 log.warning("timeout processing failed, will retry: %s", e)
 
+    async def _messages_loop(self) -> None:
+        """Claim outbox messages (deleting them) and hand them to transports.
+
+        Wakes when a transaction queued a message, else every ``messages.poll_interval``.
+        """
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._outbox.wait(), self.message_interval)
+            self._outbox.clear()
+            if self.paused:
+                continue
+            try:
+                while True:
+                    batch = await self.store.transact(
+                        lambda tx: tx.take_messages(self.message_batch)
+                    )
+                    for message in batch:
+                        await self.deliver(message)
+                    if len(batch) < self.message_batch:
+                        break
+            except StoreError as e:
+                log.warning("message delivery failed, will retry: %s", e)
+
+    async def deliver(self, message: Message) -> str:
+        """Send one claimed message; returns the outcome (success, error or dropped)."""
+        if message.kind == "execute":
+            assert message.task_id is not None and message.version is not None
+            body = execute_message(message.task_id, message.version, self.url)
+        else:
+            assert message.promise is not None
+            body = unblock_message(message.promise)
+        address = parse(message.address)
+        transport = self.transports.get(address.scheme) if address is not None else None
+        if address is None or transport is None:
+            log.warning("no transport for %s; %s message dropped", message.address, message.kind)
+            outcome = "dropped"
+        else:
+            try:
+                outcome = "success" if await transport.send(address, body) else "dropped"
+            except Exception as e:
+                log.warning("delivery of %s to %s failed: %s", message.kind, message.address, e)
+                outcome = "error"
+        if self._observe_deliveries:
+            self.pm.hook.resonate_message_delivered(
+                kind=message.kind, address=message.address, outcome=outcome
+            )
+        return outcome
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def wait_idle(self) -> None:
@@ -253,8 +310,9 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start_background()
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
-                               shutdown_timeout=self.shutdown_timeout)
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port, shutdown_timeout=self.shutdown_timeout)
         try:
@@ -262,8 +320,9 @@ class Server:
         except OSError as e:
             await self.stop_background()
             raise StoreError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        log.info("resonate server listening on http://%s:%s (store: %s)", host, port,
-                 self.backend.name)
+        log.info(
+            "resonate server listening on http://%s:%s (store: %s)", host, port, self.backend.name
+        )
         if ready is not None:
             ready()
         await stop.wait()

@@ -32,23 +32,36 @@ def _setting_options(schema: list[Setting]) -> Callable[[Callable[..., Any]], Ca
             default = "" if s.secret else f" [default: {s.show(s.default)}]"
             if s.type is bool:
                 no = "--no-" + s.flag[2:]
-                opt = click.Option([f"{s.flag}/{no}", dest], default=None,
-                                   help=f"{s.help}{default}")
+                opt = click.Option(
+                    [f"{s.flag}/{no}", dest], default=None, help=f"{s.help}{default}"
+                )
             else:
-                opt = click.Option([s.flag, dest], default=None, metavar=s.type.__name__.upper(),
-                                   help=f"{s.help}{secret}{default}")
+                opt = click.Option(
+                    [s.flag, dest],
+                    default=None,
+                    metavar=s.type.__name__.upper(),
+                    help=f"{s.help}{secret}{default}",
+                )
             fn.__click_params__ = [*getattr(fn, "__click_params__", []), opt]  # type: ignore
         return fn
+
     return decorate
 
 
 def _cli_values(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k[len("setting__"):].replace("__", "."): v for k, v in kwargs.items()
-            if k.startswith("setting__") and v is not None}
+    return {
+        k[len("setting__") :].replace("__", "."): v
+        for k, v in kwargs.items()
+        if k.startswith("setting__") and v is not None
+    }
 
 
-def _settings(pm: PluginManager, config: str | None, kwargs: dict[str, Any],
-              overrides: dict[str, Any] | None = None) -> Settings:
+def _settings(
+    pm: PluginManager,
+    config: str | None,
+    kwargs: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
     cli = _cli_values(kwargs)
     for key, value in (overrides or {}).items():
         cli.setdefault(key, value)
@@ -75,15 +88,19 @@ def _run_server(pm: PluginManager, settings: Settings) -> None:
 def build_cli(pm: PluginManager) -> click.Group:
     schema = pm.settings_schema()
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"],
-                                   "max_content_width": 100})
+    @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
     @click.version_option(__version__, prog_name="resonate")
     def cli() -> None:
         """resonate-server: a durable promise server for the Resonate SDKs."""
 
     config_option = click.option(
-        "--config", "-c", "config", default=None, metavar="FILE",
-        help="YAML config file [default: resonate.yaml in the working directory, if present].")
+        "--config",
+        "-c",
+        "config",
+        default=None,
+        metavar="FILE",
+        help="YAML config file [default: resonate.yaml in the working directory, if present].",
+    )
 
     @cli.command()
     @config_option
@@ -113,9 +130,20 @@ def build_cli(pm: PluginManager) -> click.Group:
         """List the loaded plugins with their versions and hooks."""
         infos = pm.info()
         if as_json:
-            click.echo(orjson.dumps([{"name": i.name, "distribution": i.dist,
-                                      "version": i.version, "hooks": list(i.hooks)}
-                                     for i in infos], option=orjson.OPT_INDENT_2).decode())
+            click.echo(
+                orjson.dumps(
+                    [
+                        {
+                            "name": i.name,
+                            "distribution": i.dist,
+                            "version": i.version,
+                            "hooks": list(i.hooks),
+                        }
+                        for i in infos
+                    ],
+                    option=orjson.OPT_INDENT_2,
+                ).decode()
+            )
             return
         for i in infos:
             click.echo(f"{i.name} ({i.dist or '?'} {i.version or '?'}): {', '.join(i.hooks)}")

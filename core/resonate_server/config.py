@@ -9,7 +9,6 @@ one-line :class:`ConfigError`\\ s naming the key and where it came from.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -120,15 +119,25 @@ class Setting:
             return "********"
         if self.type is Duration and not isinstance(value, str):
             return f"{value:g}s"
-        return repr(value) if isinstance(value, str) else str(value).lower() \
-            if isinstance(value, bool) else str(value)
+        return (
+            repr(value)
+            if isinstance(value, str)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
 
 
 class Settings(Mapping[str, Any]):
     """Resolved settings: a read-only mapping of dotted keys to typed values."""
 
-    def __init__(self, values: dict[str, Any], schema: dict[str, Setting],
-                 sources: dict[str, str], config_file: Path | None) -> None:
+    def __init__(
+        self,
+        values: dict[str, Any],
+        schema: dict[str, Setting],
+        sources: dict[str, str],
+        config_file: Path | None,
+    ) -> None:
         self._values = values
         self.schema = schema
         self.sources = sources
@@ -146,11 +155,13 @@ class Settings(Mapping[str, Any]):
     def section(self, prefix: str) -> dict[str, Any]:
         """``{"path": …}`` for prefix ``aio.store.sqlite``: the keys under it, prefix removed."""
         head = prefix + "."
-        return {k[len(head):]: v for k, v in self._values.items() if k.startswith(head)}
+        return {k[len(head) :]: v for k, v in self._values.items() if k.startswith(head)}
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(key, shown value, source) for each key, secrets masked."""
-        return [(k, self.schema[k].show(v), self.sources[k]) for k, v in sorted(self._values.items())]
+        return [
+            (k, self.schema[k].show(v), self.sources[k]) for k, v in sorted(self._values.items())
+        ]
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -169,14 +180,19 @@ def _load_file_and_env(config_file: Path | None) -> tuple[dict[str, Any], dict[s
     file_values: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = Dynaconf(settings_files=[str(config_file)], environments=False,
-                              envvar_prefix="RESONATE_CONFIG_FILE_ONLY", merge_enabled=True)
+            loaded = Dynaconf(
+                settings_files=[str(config_file)],
+                environments=False,
+                envvar_prefix="RESONATE_CONFIG_FILE_ONLY",
+                merge_enabled=True,
+            )
             file_values = dict(_flatten(loaded.as_dict()))
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"cannot read config file {config_file}: {first}") from None
-    env = Dynaconf(settings_files=[], environments=False, envvar_prefix=ENV_PREFIX,
-                   merge_enabled=True).as_dict()
+    env = Dynaconf(
+        settings_files=[], environments=False, envvar_prefix=ENV_PREFIX, merge_enabled=True
+    ).as_dict()
     env_values = dict(_flatten({k: v for k, v in env.items() if k.upper() not in FOREIGN_ENV}))
     return file_values, env_values
 
@@ -188,8 +204,12 @@ def _keys_hint(key: str, schema: Mapping[str, Setting]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def load_settings(schema_items: Iterable[Setting], cli: Mapping[str, Any],
-                  config_file: str | None = None, cwd: Path | None = None) -> Settings:
+def load_settings(
+    schema_items: Iterable[Setting],
+    cli: Mapping[str, Any],
+    config_file: str | None = None,
+    cwd: Path | None = None,
+) -> Settings:
     """Resolve every setting. ``cli`` maps dotted keys to raw flag values (unset flags omitted).
 
     ``config_file`` is ``--config``; without it, ``resonate.yaml`` in ``cwd`` is read if present.
@@ -220,8 +240,11 @@ def load_settings(schema_items: Iterable[Setting], cli: Mapping[str, Any],
         for key, raw in layer.items():
             setting = schema.get(key)
             if setting is None:
-                where = origin(key) if layer is not env_values else \
-                    f"environment variable {ENV_PREFIX}_{'__'.join(key.upper().split('.'))}"
+                where = (
+                    origin(key)
+                    if layer is not env_values
+                    else f"environment variable {ENV_PREFIX}_{'__'.join(key.upper().split('.'))}"
+                )
                 raise ConfigError(f"unknown setting '{key}' in {where}{_keys_hint(key, schema)}")
             try:
                 values[key] = setting.coerce(raw)

@@ -16,22 +16,65 @@ def resonate_config_settings() -> list[Setting]:
     return [
         Setting("api.http.host", str, "0.0.0.0", "Address the API listens on."),
         Setting("api.http.port", int, 8001, "Port of the API (RPC, health, SSE).", minimum=0),
-        Setting("api.http.url", str, "",
-                "URL workers use to reach this server (sent in execute messages); "
-                "default http://localhost:<port>."),
-        Setting("api.http.timeout", Duration, "10s",
-                "Graceful shutdown: how long in-flight work may take after SIGTERM."),
-        Setting("api.http.max_body_size", int, 10 * 1024 * 1024,
-                "Largest request body accepted, in bytes (larger gets 413).", minimum=1024),
-        Setting("debug", bool, False,
-                "Enable debug.* operations and the resonate:debug_time request header."),
+        Setting(
+            "api.http.url",
+            str,
+            "",
+            "URL workers use to reach this server (sent in execute messages); "
+            "default http://localhost:<port>.",
+        ),
+        Setting(
+            "api.http.timeout",
+            Duration,
+            "10s",
+            "Graceful shutdown: how long in-flight work may take after SIGTERM.",
+        ),
+        Setting(
+            "api.http.max_body_size",
+            int,
+            10 * 1024 * 1024,
+            "Largest request body accepted, in bytes (larger gets 413).",
+            minimum=1024,
+        ),
+        Setting(
+            "debug",
+            bool,
+            False,
+            "Enable debug.* operations and the resonate:debug_time request header.",
+        ),
         Setting("log.level", str, "info", "Log level.", choices=LOG_LEVELS),
-        Setting("log.format", str, "text", "Log format: text for people, json for collectors.",
-                choices=("text", "json")),
-        Setting("tasks.retry_timeout", Duration, "30s",
-                "How long a pending task waits before its execute message is sent again."),
-        Setting("timeouts.poll_interval", Duration, "1s",
-                "How often promise timeouts, task leases and retries are processed."),
+        Setting(
+            "log.format",
+            str,
+            "text",
+            "Log format: text for people, json for collectors.",
+            choices=("text", "json"),
+        ),
+        Setting(
+            "tasks.retry_timeout",
+            Duration,
+            "30s",
+            "How long a pending task waits before its execute message is sent again.",
+        ),
+        Setting(
+            "timeouts.poll_interval",
+            Duration,
+            "1s",
+            "How often promise timeouts, task leases and retries are processed.",
+        ),
+        Setting(
+            "messages.poll_interval",
+            Duration,
+            "100ms",
+            "Longest wait before queued messages are delivered (new ones go at once).",
+        ),
+        Setting(
+            "messages.batch_size",
+            int,
+            100,
+            "Messages of each kind taken from the outbox per delivery round.",
+            minimum=1,
+        ),
         # The seed's PostgreSQL surface; the store itself comes from the postgres plugin.
         Setting("aio.store.postgres.enable", bool, False, "Use PostgreSQL as the store."),
         Setting("aio.store.postgres.host", str, "localhost", "PostgreSQL host."),
@@ -39,8 +82,12 @@ def resonate_config_settings() -> list[Setting]:
         Setting("aio.store.postgres.database", str, "resonate", "PostgreSQL database."),
         Setting("aio.store.postgres.username", str, "", "PostgreSQL user."),
         Setting("aio.store.postgres.password", str, "", "PostgreSQL password.", secret=True),
-        Setting("aio.store.postgres.query", str, "",
-                "Extra connection parameters as a query string, e.g. sslmode=require."),
+        Setting(
+            "aio.store.postgres.query",
+            str,
+            "",
+            "Extra connection parameters as a query string, e.g. sslmode=require.",
+        ),
     ]
 
 

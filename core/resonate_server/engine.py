@@ -56,6 +56,7 @@ class Ctx:
     schemes: frozenset[str]
     corr_id: str = "0"
     changes: list[StateChange] | None = None
+    outbox: bool = False  # set when the operation queued a message
 
     def changed(self, entity: str, id: str, before: str | None, after: str) -> None:
         """Record a transition for observers (only when someone observes)."""
@@ -74,6 +75,7 @@ class StateChange:
 
 
 # --- the settlement chain (§2.8) ------------------------------------------------------------
+
 
 def timeout_state(promise: Promise) -> str:
     return RESOLVED if promise.timer else REJECTED_TIMEDOUT
@@ -103,6 +105,7 @@ async def settle_all(tx: StoreTx, c: Ctx, settled: list[Promise]) -> None:
                 await _resume(tx, c, awaiter)
         for address in await tx.pop_listeners(prom.id):
             await tx.put_unblock(prom.id, address)
+            c.outbox = True
 
 
 async def _resume(tx: StoreTx, c: Ctx, task_id: str) -> None:
@@ -121,6 +124,7 @@ async def _make_pending(tx: StoreTx, c: Ctx, task: Task) -> None:
     owner = await tx.get_promise(task.id)
     if owner is not None and owner.target is not None:
         await tx.put_execute(task.id, task.version, owner.target)
+        c.outbox = True
 
 
 async def try_timeout(tx: StoreTx, c: Ctx, promise_ids: Iterable[str]) -> dict[str, Promise | None]:
@@ -158,6 +162,7 @@ async def preload(tx: StoreTx, prom: Promise | None) -> list[dict[str, Any]]:
 
 
 # --- promise creation (§2.1.2) ---------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class CreateReq:
@@ -211,16 +216,25 @@ def parse_create_data(d: dict[str, Any], schemes: frozenset[str], where: str = "
 
 def new_promise(req: CreateReq, now: int, created_at: int | None = None) -> Promise:
     """The record a create would insert at ``now`` (born settled when already timed out)."""
-    prom = Promise(req.id, PENDING, req.param, {}, req.tags, req.timeout_at,
-                   now if created_at is None else created_at, None)
+    prom = Promise(
+        req.id,
+        PENDING,
+        req.param,
+        {},
+        req.tags,
+        req.timeout_at,
+        now if created_at is None else created_at,
+        None,
+    )
     if now >= req.timeout_at:
         prom.state = timeout_state(prom)
         prom.created_at = prom.settled_at = req.timeout_at
     return prom
 
 
-async def insert_new(tx: StoreTx, c: Ctx, prom: Promise, *, task: Task | None = None,
-                     retry_at: int | None = None) -> Promise:
+async def insert_new(
+    tx: StoreTx, c: Ctx, prom: Promise, *, task: Task | None = None, retry_at: int | None = None
+) -> Promise:
     """Insert ``prom`` with its task, timers and execute message; return the stored record.
 
     ``task`` overrides the default pending task (``task.create`` claims it at once);
@@ -245,12 +259,14 @@ async def insert_new(tx: StoreTx, c: Ctx, prom: Promise, *, task: Task | None = 
     c.changed("task", prom.id, None, TASK_PENDING)
     delay = prom.tags.get(TAG_DELAY)
     if delay is not None and c.now < int(delay):
-        await tx.insert_task(Task(prom.id, TASK_PENDING, 0, int(delay), RETRY, None,
-                                  c.retry_timeout))
+        await tx.insert_task(
+            Task(prom.id, TASK_PENDING, 0, int(delay), RETRY, None, c.retry_timeout)
+        )
         return prom
     first = prom.created_at + c.retry_timeout if retry_at is None else retry_at
     await tx.insert_task(Task(prom.id, TASK_PENDING, 0, first, RETRY, None, c.retry_timeout))
     await tx.put_execute(prom.id, 0, target)
+    c.outbox = True
     return prom
 
 
@@ -263,6 +279,7 @@ async def create_promise(tx: StoreTx, c: Ctx, req: CreateReq) -> Promise:
 
 
 # --- promise operations ----------------------------------------------------------------------
+
 
 def _nonempty(d: dict[str, Any], key: str, message: str) -> str:
     v = p.req_str(d, key)
@@ -396,8 +413,9 @@ def parse_promise_search(d: dict[str, Any], c: Ctx) -> SearchReq:
     return SearchReq(state, tags, p.search_limit(d, 100), p.opt_str(d, "cursor"))
 
 
-def page(items: list[Any], limit: int, key: Callable[[Any], str],
-         render: Callable[[Any], Any]) -> tuple[list[Any], str | None]:
+def page(
+    items: list[Any], limit: int, key: Callable[[Any], str], render: Callable[[Any], Any]
+) -> tuple[list[Any], str | None]:
     """Items beyond ``limit`` (the store returns ``limit + 1``) mean there is a next page."""
     if len(items) > limit:
         items = items[:limit]
@@ -416,6 +434,7 @@ async def run_promise_search(tx: StoreTx, c: Ctx, req: SearchReq) -> Reply:
 
 # --- task operations -------------------------------------------------------------------------
 
+
 async def task_wire(tx: StoreTx, task: Task) -> dict[str, Any]:
     return task.to_wire(await tx.resumes(task.id))
 
@@ -431,8 +450,11 @@ async def _claim(tx: StoreTx, c: Ctx, task: Task, prom: Promise, pid: str, ttl: 
     _lease(task, c, pid, ttl)
     await tx.update_task(task)
     await tx.delete_callbacks(task.id, ready_only=True)
-    return OK, {"task": task.to_wire(0), "promise": prom.to_wire(),
-                "preload": await preload(tx, prom)}
+    return OK, {
+        "task": task.to_wire(0),
+        "promise": prom.to_wire(),
+        "preload": await preload(tx, prom),
+    }
 
 
 def _pid_ttl(d: dict[str, Any]) -> tuple[str, int]:
@@ -487,8 +509,11 @@ async def run_task_create(tx: StoreTx, c: Ctx, req: TaskCreateReq) -> Reply:
             _lease(task, c, req.pid, req.ttl)
             stored = await insert_new(tx, c, prom, task=task)
             if stored is prom:
-                return OK, {"task": task.to_wire(0), "promise": prom.to_wire(),
-                            "preload": await preload(tx, prom)}
+                return OK, {
+                    "task": task.to_wire(0),
+                    "promise": prom.to_wire(),
+                    "preload": await preload(tx, prom),
+                }
             prom = stored
         else:
             await insert_new(tx, c, prom)
@@ -655,7 +680,7 @@ def parse_task_fence(d: dict[str, Any], c: Ctx) -> FenceReq:
     except p.RpcError as e:
         prefix = "Invalid request: "
         if e.message.startswith(prefix):
-            raise p.bad_request("Invalid action data: " + e.message[len(prefix):]) from None
+            raise p.bad_request("Invalid action data: " + e.message[len(prefix) :]) from None
         raise
 
 
@@ -683,8 +708,10 @@ async def run_task_fence(tx: StoreTx, c: Ctx, req: FenceReq) -> Reply:
                 await settle(tx, c, prom, req.settle.state, req.settle.value)
             data = {"promise": prom.to_wire()}
     head = {"corrId": c.corr_id, "status": status, "version": p.VERSION}
-    return OK, {"action": {"kind": req.kind, "head": head, "data": data},
-                "preload": await preload(tx, await tx.get_promise(req.id))}
+    return OK, {
+        "action": {"kind": req.kind, "head": head, "data": data},
+        "preload": await preload(tx, await tx.get_promise(req.id)),
+    }
 
 
 def parse_task_heartbeat(d: dict[str, Any], c: Ctx) -> tuple[str, list[tuple[str, int]]]:
@@ -708,8 +735,14 @@ async def run_task_heartbeat(tx: StoreTx, c: Ctx, req: tuple[str, list[tuple[str
         if tid == "":
             continue
         task = await tx.get_task(tid)
-        if (task is not None and task.state == TASK_ACQUIRED and task.version == version
-                and task.timeout_type == LEASE and task.pid == pid and task.ttl is not None):
+        if (
+            task is not None
+            and task.state == TASK_ACQUIRED
+            and task.version == version
+            and task.timeout_type == LEASE
+            and task.pid == pid
+            and task.ttl is not None
+        ):
             task.timeout_at = min(c.now + task.ttl, p.I64_MAX)
             await tx.update_task(task)
     return OK, {}
@@ -770,6 +803,7 @@ async def run_task_search(tx: StoreTx, c: Ctx, req: SearchReq) -> Reply:
 
 # --- background work (§3.1) ------------------------------------------------------------------
 
+
 async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> int:
     """Expire due promises, re-send due retries, expire due leases. Returns the work done."""
     due = await tx.due_promises(c.now, limit)
@@ -780,10 +814,12 @@ async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> int:
         await settle_all(tx, c, due)
     tasks = await tx.due_tasks(c.now, limit)
     for task in tasks:
-        if task.timeout_type == RETRY and task.state == TASK_PENDING:
+        expected = TASK_PENDING if task.timeout_type == RETRY else TASK_ACQUIRED
+        if task.state == expected:
             await _make_pending(tx, c, task)
-        elif task.timeout_type == LEASE and task.state == TASK_ACQUIRED:
-            await _make_pending(tx, c, task)
+        else:
+            task.set_timeout(None)
+            await tx.update_task(task)
     return len(due) + len(tasks)
 
 
@@ -796,17 +832,26 @@ async def snapshot(tx: StoreTx) -> dict[str, Any]:
             resumes[awaiter] = resumes.get(awaiter, 0) + 1
     by_id = {x.id: x for x in snap.promises}
     messages = [{"address": a, "message": execute_message(t, v)} for t, v, a in snap.executes]
-    messages += [{"address": a, "message": unblock_message(by_id[pid])}
-                 for pid, a in snap.unblocks if pid in by_id]
+    messages += [
+        {"address": a, "message": unblock_message(by_id[pid])}
+        for pid, a in snap.unblocks
+        if pid in by_id
+    ]
     return {
         "promises": [x.to_wire() for x in snap.promises],
-        "promiseTimeouts": [{"id": x.id, "timeout": x.timeout_at} for x in snap.promises
-                            if x.pending and x.target is not None],
+        "promiseTimeouts": [
+            {"id": x.id, "timeout": x.timeout_at}
+            for x in snap.promises
+            if x.pending and x.target is not None
+        ],
         "callbacks": [{"awaiter": w, "awaited": a} for a, w, ready in snap.callbacks if not ready],
         "listeners": [{"id": pid, "address": a} for pid, a in snap.listeners],
         "tasks": [t.to_wire(resumes.get(t.id, 0)) for t in snap.tasks],
-        "taskTimeouts": [{"id": t.id, "type": t.timeout_type, "timeout": t.timeout_at}
-                         for t in snap.tasks if t.timeout_at is not None],
+        "taskTimeouts": [
+            {"id": t.id, "type": t.timeout_type, "timeout": t.timeout_at}
+            for t in snap.tasks
+            if t.timeout_at is not None
+        ],
         "messages": messages,
     }
 

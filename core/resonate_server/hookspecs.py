@@ -15,11 +15,10 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable
 
     import click
-    from aiohttp import web
 
     from .app import Server
-    from .engine import StateChange
     from .config import Setting, Settings
+    from .engine import StateChange
     from .store import StoreBackend
     from .transport import Transport
 
@@ -27,6 +26,7 @@ hookspec = pluggy.HookspecMarker("resonate")
 
 
 # --- storage -------------------------------------------------------------------------------
+
 
 @hookspec
 def resonate_store_backends() -> list[StoreBackend]:
@@ -40,6 +40,7 @@ def resonate_store_backends() -> list[StoreBackend]:
 
 
 # --- transport -----------------------------------------------------------------------------
+
 
 @hookspec
 def resonate_transports(server: Server) -> list[Transport]:
@@ -61,6 +62,7 @@ def resonate_routes(server: Server) -> list[tuple[str, str, Any]]:
 
 
 # --- metrics and observation -----------------------------------------------------------------
+
 
 @hookspec
 def resonate_request_finished(kind: str, status: int, duration: float) -> None:
@@ -91,6 +93,7 @@ def resonate_message_delivered(kind: str, address: str, outcome: str) -> None:
 
 
 # --- lifecycle -----------------------------------------------------------------------------
+
 
 @hookspec
 def resonate_config_settings() -> list[Setting]:

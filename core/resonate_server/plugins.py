@@ -51,15 +51,17 @@ class PluginManager(pluggy.PluginManager):
             if missing:
                 raise PluginError(
                     f"{LOAD_ENV} names {', '.join(missing)}, which is not installed "
-                    f"(installed: {', '.join(sorted(found)) or 'none'})")
+                    f"(installed: {', '.join(sorted(found)) or 'none'})"
+                )
         for name, ep in sorted(found.items()):
             if only is not None and name not in only:
                 continue
             try:
                 module = ep.load()
             except Exception as e:
-                raise PluginError(f"plugin '{name}' failed to load: {type(e).__name__}: {e}") \
-                    from None
+                raise PluginError(
+                    f"plugin '{name}' failed to load: {type(e).__name__}: {e}"
+                ) from None
             self.register(module, name=name)
             dist = ep.dist
             self.dists[name] = (dist.name if dist else None, dist.version if dist else None)
@@ -74,6 +76,7 @@ class PluginManager(pluggy.PluginManager):
             dist, version = self.dists.get(name, (None, None))
             if plugin is core_plugin:
                 from . import __version__
+
                 dist, version = "resonate-server-core", __version__
             out.append(PluginInfo(name, dist, version, hooks))
         return out
@@ -97,18 +100,24 @@ class PluginManager(pluggy.PluginManager):
         return items
 
     def validate(self, settings: Settings) -> None:
-        errors = [e for batch in self.hook.resonate_config_validate(settings=settings)
-                  for e in batch]
+        errors = [
+            e for batch in self.hook.resonate_config_validate(settings=settings) for e in batch
+        ]
         if errors:
             raise ConfigError(errors[0])
 
     def select_store(self, settings: Settings) -> StoreBackend:
         """The backend named by ``aio.store.<name>.enable`` (SQLite when none is enabled)."""
-        enabled = sorted(k.split(".")[2] for k, v in settings.items()
-                         if k.startswith("aio.store.") and k.endswith(".enable") and v)
+        enabled = sorted(
+            k.split(".")[2]
+            for k, v in settings.items()
+            if k.startswith("aio.store.") and k.endswith(".enable") and v
+        )
         if len(enabled) > 1:
-            raise ConfigError(f"more than one store is enabled ({', '.join(enabled)}); "
-                              "enable exactly one aio.store.<name>.enable")
+            raise ConfigError(
+                f"more than one store is enabled ({', '.join(enabled)}); "
+                "enable exactly one aio.store.<name>.enable"
+            )
         name = enabled[0] if enabled else "sqlite"
         backends = self.store_backends()
         if name not in backends:
@@ -117,8 +126,12 @@ class PluginManager(pluggy.PluginManager):
         return backends[name]
 
 
-def load(only: str | None = None, *, entry_points_too: bool = True,
-         extra: list[ModuleType | Any] | None = None) -> PluginManager:
+def load(
+    only: str | None = None,
+    *,
+    entry_points_too: bool = True,
+    extra: list[ModuleType | Any] | None = None,
+) -> PluginManager:
     """A plugin manager with the core and the installed plugins (filtered by ``only``)."""
     if only is None:
         only = os.environ.get(LOAD_ENV)

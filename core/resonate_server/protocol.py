@@ -74,7 +74,9 @@ def parse_envelope(body: bytes) -> Envelope:
     if not isinstance(obj, dict):
         raise EnvelopeError(
             f"Invalid request envelope: invalid type: {_type_name(obj)}, expected an envelope",
-            "unknown", "0")
+            "unknown",
+            "0",
+        )
     raw_kind = obj.get("kind")
     kind = raw_kind if isinstance(raw_kind, str) else "unknown"
     head = obj.get("head")
@@ -106,13 +108,15 @@ def parse_envelope(body: bytes) -> Envelope:
         raise fail(f"invalid type: {_type_name(auth)}, expected a string at `head.auth`")
     debug_time = head.get("resonate:debug_time")
     if debug_time is not None and not _is_i64(debug_time):
-        raise fail(f"invalid type: {_type_name(debug_time)}, expected i64 at "
-                   "`head.resonate:debug_time`")
+        raise fail(
+            f"invalid type: {_type_name(debug_time)}, expected i64 at `head.resonate:debug_time`"
+        )
     if "data" not in obj:
         raise fail("missing field `data`")
     if kind == "":
-        raise EnvelopeError("Missing or invalid 'kind' field — must be a non-empty string",
-                            kind, corr_id)
+        raise EnvelopeError(
+            "Missing or invalid 'kind' field — must be a non-empty string", kind, corr_id
+        )
     data = obj["data"]
     if not isinstance(data, dict):
         raise EnvelopeError("Invalid 'data' field — must be an object", kind, corr_id)
@@ -120,17 +124,25 @@ def parse_envelope(body: bytes) -> Envelope:
         supported = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
         raise EnvelopeError(
             f"Unsupported protocol version '{version}', supported versions: [{supported}]",
-            kind, corr_id)
+            kind,
+            corr_id,
+        )
     return Envelope(kind, corr_id, head, data, debug_time)
 
 
 def render(kind: str, corr_id: str, status: int, data: Any) -> bytes:
     """A compact JSON reply envelope."""
-    return orjson.dumps({"kind": kind, "head": {"corrId": corr_id, "status": status,
-                                                "version": VERSION}, "data": data})
+    return orjson.dumps(
+        {
+            "kind": kind,
+            "head": {"corrId": corr_id, "status": status, "version": VERSION},
+            "data": data,
+        }
+    )
 
 
 # --- request-data fields (serde-like strictness; §1.4 "type strictness") --------------------
+
 
 def _is_i64(v: Any) -> bool:
     return type(v) is int and I64_MIN <= v <= I64_MAX
@@ -205,8 +217,9 @@ def str_map(d: dict[str, Any], key: str, where: str = "", nullable: bool = False
         raise _invalid(f"invalid type: {_type_name(v)}, expected a map at `{where}{key}`")
     for k, x in v.items():
         if not isinstance(x, str):
-            raise _invalid(f"invalid type: {_type_name(x)}, expected a string at "
-                           f"`{where}{key}.{k}`")
+            raise _invalid(
+                f"invalid type: {_type_name(x)}, expected a string at `{where}{key}.{k}`"
+            )
     return v
 
 
@@ -224,8 +237,9 @@ def value(d: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
     data = v.get("data")
     if data is not None:
         if not isinstance(data, str):
-            raise _invalid(f"invalid type: {_type_name(data)}, expected a string at "
-                           f"`{where}{key}.data`")
+            raise _invalid(
+                f"invalid type: {_type_name(data)}, expected a string at `{where}{key}.data`"
+            )
         out["data"] = data
     return out
 

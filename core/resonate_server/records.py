@@ -38,11 +38,19 @@ Value = dict[str, Any]
 class Promise:
     """A durable promise. ``tags`` never change after creation."""
 
-    __slots__ = ("created_at", "id", "param", "settled_at", "state", "tags", "timeout_at",
-                 "value")
+    __slots__ = ("created_at", "id", "param", "settled_at", "state", "tags", "timeout_at", "value")
 
-    def __init__(self, id: str, state: str, param: Value, value: Value, tags: dict[str, str],
-                 timeout_at: int, created_at: int, settled_at: int | None) -> None:
+    def __init__(
+        self,
+        id: str,
+        state: str,
+        param: Value,
+        value: Value,
+        tags: dict[str, str],
+        timeout_at: int,
+        created_at: int,
+        settled_at: int | None,
+    ) -> None:
         self.id = id
         self.state = state
         self.param = param
@@ -70,8 +78,13 @@ class Promise:
 
     def to_wire(self) -> dict[str, Any]:
         rec: dict[str, Any] = {
-            "id": self.id, "state": self.state, "param": self.param, "value": self.value,
-            "tags": self.tags, "timeoutAt": self.timeout_at, "createdAt": self.created_at,
+            "id": self.id,
+            "state": self.state,
+            "param": self.param,
+            "value": self.value,
+            "tags": self.tags,
+            "timeoutAt": self.timeout_at,
+            "createdAt": self.created_at,
         }
         if self.settled_at is not None:
             rec["settledAt"] = self.settled_at
@@ -83,9 +96,16 @@ class Task:
 
     __slots__ = ("id", "pid", "state", "timeout_at", "timeout_type", "ttl", "version")
 
-    def __init__(self, id: str, state: str, version: int, timeout_at: int | None = None,
-                 timeout_type: int | None = None, pid: str | None = None,
-                 ttl: int | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        state: str,
+        version: int,
+        timeout_at: int | None = None,
+        timeout_type: int | None = None,
+        pid: str | None = None,
+        ttl: int | None = None,
+    ) -> None:
         self.id = id
         self.state = state
         self.version = version
@@ -94,8 +114,13 @@ class Task:
         self.pid = pid
         self.ttl = ttl
 
-    def set_timeout(self, at: int | None, kind: int | None = None, pid: str | None = None,
-                    ttl: int | None = None) -> None:
+    def set_timeout(
+        self,
+        at: int | None,
+        kind: int | None = None,
+        pid: str | None = None,
+        ttl: int | None = None,
+    ) -> None:
         """Arm (or with ``at=None`` clear) the task's single timer."""
         self.timeout_at = at
         self.timeout_type = kind if at is not None else None
@@ -103,8 +128,12 @@ class Task:
         self.ttl = ttl if at is not None else None
 
     def to_wire(self, resumes: int) -> dict[str, Any]:
-        rec: dict[str, Any] = {"id": self.id, "state": self.state, "version": self.version,
-                               "resumes": resumes}
+        rec: dict[str, Any] = {
+            "id": self.id,
+            "state": self.state,
+            "version": self.version,
+            "resumes": resumes,
+        }
         if self.timeout_type == LEASE:
             rec["ttl"] = self.ttl
             rec["pid"] = self.pid
@@ -114,12 +143,30 @@ class Task:
 class Schedule:
     """A cron schedule that creates promises from a template."""
 
-    __slots__ = ("created_at", "cron", "id", "last_run_at", "next_run_at", "promise_id",
-                 "promise_param", "promise_tags", "promise_timeout")
+    __slots__ = (
+        "created_at",
+        "cron",
+        "id",
+        "last_run_at",
+        "next_run_at",
+        "promise_id",
+        "promise_param",
+        "promise_tags",
+        "promise_timeout",
+    )
 
-    def __init__(self, id: str, cron: str, promise_id: str, promise_timeout: int,
-                 promise_param: Value, promise_tags: dict[str, str], created_at: int,
-                 next_run_at: int, last_run_at: int | None) -> None:
+    def __init__(
+        self,
+        id: str,
+        cron: str,
+        promise_id: str,
+        promise_timeout: int,
+        promise_param: Value,
+        promise_tags: dict[str, str],
+        created_at: int,
+        next_run_at: int,
+        last_run_at: int | None,
+    ) -> None:
         self.id = id
         self.cron = cron
         self.promise_id = promise_id
@@ -132,9 +179,13 @@ class Schedule:
 
     def to_wire(self) -> dict[str, Any]:
         rec: dict[str, Any] = {
-            "id": self.id, "cron": self.cron, "promiseId": self.promise_id,
-            "promiseTimeout": self.promise_timeout, "promiseParam": self.promise_param,
-            "promiseTags": self.promise_tags, "createdAt": self.created_at,
+            "id": self.id,
+            "cron": self.cron,
+            "promiseId": self.promise_id,
+            "promiseTimeout": self.promise_timeout,
+            "promiseParam": self.promise_param,
+            "promiseTags": self.promise_tags,
+            "createdAt": self.created_at,
             "nextRunAt": self.next_run_at,
         }
         if self.last_run_at is not None:

@@ -25,7 +25,8 @@ SCHEMA_VERSION = 1
 metadata = MetaData()
 
 promises = Table(
-    "promises", metadata,
+    "promises",
+    metadata,
     Column("id", Text, primary_key=True),
     Column("state", Text, nullable=False),
     Column("param", Text, nullable=False),
@@ -37,14 +38,23 @@ promises = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("settled_at", BigInteger),
 )
-Index("ix_promises_due", promises.c.timeout_at,
-      sqlite_where=text("state = 'pending' AND target IS NOT NULL"),
-      postgresql_where=text("state = 'pending' AND target IS NOT NULL"))
-Index("ix_promises_branch", promises.c.branch, promises.c.id,
-      sqlite_where=text("branch IS NOT NULL"), postgresql_where=text("branch IS NOT NULL"))
+Index(
+    "ix_promises_due",
+    promises.c.timeout_at,
+    sqlite_where=text("state = 'pending' AND target IS NOT NULL"),
+    postgresql_where=text("state = 'pending' AND target IS NOT NULL"),
+)
+Index(
+    "ix_promises_branch",
+    promises.c.branch,
+    promises.c.id,
+    sqlite_where=text("branch IS NOT NULL"),
+    postgresql_where=text("branch IS NOT NULL"),
+)
 
 tasks = Table(
-    "tasks", metadata,
+    "tasks",
+    metadata,
     Column("id", Text, primary_key=True),
     Column("state", Text, nullable=False),
     Column("version", BigInteger, nullable=False),
@@ -53,11 +63,16 @@ tasks = Table(
     Column("pid", Text),
     Column("ttl", BigInteger),
 )
-Index("ix_tasks_timeout", tasks.c.timeout_at,
-      sqlite_where=text("timeout_at IS NOT NULL"), postgresql_where=text("timeout_at IS NOT NULL"))
+Index(
+    "ix_tasks_timeout",
+    tasks.c.timeout_at,
+    sqlite_where=text("timeout_at IS NOT NULL"),
+    postgresql_where=text("timeout_at IS NOT NULL"),
+)
 
 callbacks = Table(
-    "callbacks", metadata,
+    "callbacks",
+    metadata,
     Column("awaited", Text, primary_key=True),
     Column("awaiter", Text, primary_key=True),
     Column("ready", Boolean, nullable=False),
@@ -65,26 +80,30 @@ callbacks = Table(
 Index("ix_callbacks_awaiter", callbacks.c.awaiter, callbacks.c.ready)
 
 listeners = Table(
-    "listeners", metadata,
+    "listeners",
+    metadata,
     Column("promise_id", Text, primary_key=True),
     Column("address", Text, primary_key=True),
 )
 
 outgoing_execute = Table(
-    "outgoing_execute", metadata,
+    "outgoing_execute",
+    metadata,
     Column("task_id", Text, primary_key=True),
     Column("version", BigInteger, nullable=False),
     Column("address", Text, nullable=False),
 )
 
 outgoing_unblock = Table(
-    "outgoing_unblock", metadata,
+    "outgoing_unblock",
+    metadata,
     Column("promise_id", Text, primary_key=True),
     Column("address", Text, primary_key=True),
 )
 
 schedules = Table(
-    "schedules", metadata,
+    "schedules",
+    metadata,
     Column("id", Text, primary_key=True),
     Column("cron", Text, nullable=False),
     Column("promise_id", Text, nullable=False),
@@ -98,9 +117,17 @@ schedules = Table(
 Index("ix_schedules_next_run", schedules.c.next_run_at)
 
 schema_version = Table(
-    "resonate_schema", metadata,
+    "resonate_schema",
+    metadata,
     Column("version", Integer, primary_key=True),
 )
 
-TABLES = ("promises", "tasks", "callbacks", "listeners", "outgoing_execute", "outgoing_unblock",
-          "schedules")
+TABLES = (
+    "promises",
+    "tasks",
+    "callbacks",
+    "listeners",
+    "outgoing_execute",
+    "outgoing_unblock",
+    "schedules",
+)

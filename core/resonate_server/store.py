@@ -70,8 +70,9 @@ class StoreTx(ABC):
         """Write ``p``'s state, value and settled_at."""
 
     @abstractmethod
-    async def search_promises(self, state: str | None, tags: Mapping[str, str], limit: int,
-                              cursor: str | None) -> list[Promise]:
+    async def search_promises(
+        self, state: str | None, tags: Mapping[str, str], limit: int, cursor: str | None
+    ) -> list[Promise]:
         """Promises with ``id > cursor`` matching state and every tag, by id, at most ``limit``."""
 
     @abstractmethod
@@ -94,8 +95,9 @@ class StoreTx(ABC):
         """Write ``t``'s state, version and timer."""
 
     @abstractmethod
-    async def search_tasks(self, state: str | None, limit: int,
-                           cursor: str | None) -> list[Task]: ...
+    async def search_tasks(
+        self, state: str | None, limit: int, cursor: str | None
+    ) -> list[Task]: ...
 
     @abstractmethod
     async def due_tasks(self, now: int, limit: int) -> list[Task]:
@@ -151,8 +153,9 @@ class StoreTx(ABC):
     async def delete_schedule(self, id: str) -> bool: ...
 
     @abstractmethod
-    async def search_schedules(self, tags: Mapping[str, str], limit: int,
-                               cursor: str | None) -> list[Schedule]: ...
+    async def search_schedules(
+        self, tags: Mapping[str, str], limit: int, cursor: str | None
+    ) -> list[Schedule]: ...
 
     @abstractmethod
     async def due_schedules(self, now: int, limit: int) -> list[Schedule]: ...

@@ -14,10 +14,10 @@ class Transport(ABC):
     name: str = "transport"
     schemes: frozenset[str] = frozenset()
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Acquire resources (client sessions, queues). Called once before any ``send``."""
 
-    async def stop(self) -> None:
+    async def stop(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release resources and end open streams. Called once at shutdown."""
 
     @abstractmethod

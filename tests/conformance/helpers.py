@@ -42,8 +42,15 @@ def err(reply: Any, status: int, message: str | None = None, *, prefix: str | No
     return data
 
 
-def envelope(kind: Any, data: Any, *, corr_id: str = "c-1", version: str = VERSION,
-             time: int | None = T, **head: Any) -> dict[str, Any]:
+def envelope(
+    kind: Any,
+    data: Any,
+    *,
+    corr_id: str = "c-1",
+    version: str = VERSION,
+    time: int | None = T,
+    **head: Any,
+) -> dict[str, Any]:
     """Build a raw request envelope (for tests that bypass ``Client.call``)."""
     h: dict[str, Any] = {"corrId": corr_id, "version": version, **head}
     if time is not None:
@@ -55,8 +62,15 @@ def raw(obj: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
-def create(rpc: Any, id: str, timeout_at: int, *, tags: dict[str, str] | None = None,
-           param: dict[str, Any] | None = None, time: int = T) -> Any:
+def create(
+    rpc: Any,
+    id: str,
+    timeout_at: int,
+    *,
+    tags: dict[str, str] | None = None,
+    param: dict[str, Any] | None = None,
+    time: int = T,
+) -> Any:
     """Send promise.create and return the reply (no assertion)."""
     data: dict[str, Any] = {"id": id, "timeoutAt": timeout_at}
     if tags is not None:
@@ -66,8 +80,15 @@ def create(rpc: Any, id: str, timeout_at: int, *, tags: dict[str, str] | None = 
     return rpc.call("promise.create", data, time=time)
 
 
-def create_ok(rpc: Any, id: str, timeout_at: int, *, tags: dict[str, str] | None = None,
-              param: dict[str, Any] | None = None, time: int = T) -> dict[str, Any]:
+def create_ok(
+    rpc: Any,
+    id: str,
+    timeout_at: int,
+    *,
+    tags: dict[str, str] | None = None,
+    param: dict[str, Any] | None = None,
+    time: int = T,
+) -> dict[str, Any]:
     """promise.create that must succeed; returns the promise record."""
     return ok(create(rpc, id, timeout_at, tags=tags, param=param, time=time))["promise"]
 
@@ -80,27 +101,31 @@ def get_ok(rpc: Any, id: str, *, time: int = T) -> dict[str, Any]:
     return ok(get(rpc, id, time=time))["promise"]
 
 
-def settle(rpc: Any, id: str, state: str, *, value: dict[str, Any] | None = None,
-           time: int = T) -> Any:
+def settle(
+    rpc: Any, id: str, state: str, *, value: dict[str, Any] | None = None, time: int = T
+) -> Any:
     data: dict[str, Any] = {"id": id, "state": state}
     if value is not None:
         data["value"] = value
     return rpc.call("promise.settle", data, time=time)
 
 
-def settle_ok(rpc: Any, id: str, state: str, *, value: dict[str, Any] | None = None,
-              time: int = T) -> dict[str, Any]:
+def settle_ok(
+    rpc: Any, id: str, state: str, *, value: dict[str, Any] | None = None, time: int = T
+) -> dict[str, Any]:
     return ok(settle(rpc, id, state, value=value, time=time))["promise"]
 
 
 def listen(rpc: Any, awaited: str, address: str, *, time: int = T) -> Any:
-    return rpc.call("promise.register_listener", {"awaited": awaited, "address": address},
-                    time=time)
+    return rpc.call(
+        "promise.register_listener", {"awaited": awaited, "address": address}, time=time
+    )
 
 
 def callback(rpc: Any, awaited: str, awaiter: str, *, time: int = T) -> Any:
-    return rpc.call("promise.register_callback", {"awaited": awaited, "awaiter": awaiter},
-                    time=time)
+    return rpc.call(
+        "promise.register_callback", {"awaited": awaited, "awaiter": awaiter}, time=time
+    )
 
 
 def search(rpc: Any, *, time: int = T, **data: Any) -> Any:
@@ -120,8 +145,15 @@ def snap(rpc: Any, time: int = T) -> dict[str, Any]:
     """debug.snap with every list except ``promises`` sorted canonically."""
     data = ok(rpc.call("debug.snap", {}, time=time))
     assert isinstance(data, dict), data
-    for name in ("promises", "promiseTimeouts", "callbacks", "listeners", "tasks",
-                 "taskTimeouts", "messages"):
+    for name in (
+        "promises",
+        "promiseTimeouts",
+        "callbacks",
+        "listeners",
+        "tasks",
+        "taskTimeouts",
+        "messages",
+    ):
         assert isinstance(data.get(name), list), (name, data)
     ids = [p["id"] for p in data["promises"]]
     assert ids == sorted(ids), "snap promises must be ordered by id"
@@ -137,14 +169,21 @@ def sorted_items(items: list[Any]) -> list[Any]:
 
 def execute_msg(address: str, id: str, version: int) -> dict[str, Any]:
     """A snapshot execute message (no ``serverUrl`` in snapshots)."""
-    return {"address": address,
-            "message": {"kind": "execute", "head": {},
-                        "data": {"task": {"id": id, "version": version}}}}
+    return {
+        "address": address,
+        "message": {
+            "kind": "execute",
+            "head": {},
+            "data": {"task": {"id": id, "version": version}},
+        },
+    }
 
 
 def unblock_msg(address: str, promise: dict[str, Any]) -> dict[str, Any]:
-    return {"address": address,
-            "message": {"kind": "unblock", "head": {}, "data": {"promise": promise}}}
+    return {
+        "address": address,
+        "message": {"kind": "unblock", "head": {}, "data": {"promise": promise}},
+    }
 
 
 def task(id: str, state: str, version: int, resumes: int = 0, **lease: Any) -> dict[str, Any]:
@@ -152,9 +191,21 @@ def task(id: str, state: str, version: int, resumes: int = 0, **lease: Any) -> d
     return {"id": id, "state": state, "version": version, "resumes": resumes, **lease}
 
 
-def pending_record(id: str, timeout_at: int, *, created_at: int = T,
-                   param: dict[str, Any] | None = None, tags: dict[str, str] | None = None
-                   ) -> dict[str, Any]:
+def pending_record(
+    id: str,
+    timeout_at: int,
+    *,
+    created_at: int = T,
+    param: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The exact PromiseRecord of a freshly created pending promise."""
-    return {"id": id, "state": "pending", "param": param or {}, "value": {},
-            "tags": tags or {}, "timeoutAt": timeout_at, "createdAt": created_at}
+    return {
+        "id": id,
+        "state": "pending",
+        "param": param or {},
+        "value": {},
+        "tags": tags or {},
+        "timeoutAt": timeout_at,
+        "createdAt": created_at,
+    }

@@ -6,7 +6,8 @@ import time as wallclock
 from typing import Any
 
 import pytest
-from helpers import (
+
+from .helpers import (
     VERSION,
     T,
     callback,
@@ -36,7 +37,7 @@ def assert_error_envelope(reply: Any, kind: str, corr_id: str, status: int = 400
     return body["data"]
 
 
-@pytest.mark.parametrize("payload", [b"{not json", b"", b"[1, 2]", b"\"promise.get\"", b"null"])
+@pytest.mark.parametrize("payload", [b"{not json", b"", b"[1, 2]", b'"promise.get"', b"null"])
 def test_s01_malformed_json_body(rpc: Any, payload: bytes) -> None:
     """Scenario 1: a body that is not an envelope gives 400 with kind "unknown" and corrId "0"."""
     reply = rpc.post(payload)
@@ -54,8 +55,11 @@ def test_s02_missing_corr_id(rpc: Any) -> None:
     data = assert_error_envelope(rpc.post(raw(no_head)), "promise.get", "0")
     assert data.startswith("Invalid request envelope: ")
 
-    bad_corr = {"kind": "promise.get", "head": {"corrId": 7, "version": VERSION},
-                "data": {"id": "x"}}
+    bad_corr = {
+        "kind": "promise.get",
+        "head": {"corrId": 7, "version": VERSION},
+        "data": {"id": "x"},
+    }
     data = assert_error_envelope(rpc.post(raw(bad_corr)), "promise.get", "0")
     assert data.startswith("Invalid request envelope: ")
 
@@ -79,15 +83,19 @@ def test_s03_protocol_version(rpc: Any) -> None:
     data = assert_error_envelope(rpc.post(raw(missing)), "promise.get", "c-1")
     assert data.startswith("Invalid request envelope: "), data
 
-    non_string = {"kind": "promise.get", "head": {"corrId": "c-2", "version": 20260401},
-                  "data": {"id": "x"}}
+    non_string = {
+        "kind": "promise.get",
+        "head": {"corrId": "c-2", "version": 20260401},
+        "data": {"id": "x"},
+    }
     data = assert_error_envelope(rpc.post(raw(non_string)), "promise.get", "c-2")
     assert data.startswith("Invalid request envelope: "), data
 
     old = envelope("promise.get", {"id": "x"}, corr_id="c-3", version="2025-01-01")
     data = assert_error_envelope(rpc.post(raw(old)), "promise.get", "c-3")
-    assert data == ("Unsupported protocol version '2025-01-01', "
-                    "supported versions: [\"2026-04-01\"]")
+    assert data == (
+        "Unsupported protocol version '2025-01-01', supported versions: [\"2026-04-01\"]"
+    )
 
     # The supported version works.
     assert rpc.post(raw(envelope("promise.get", {"id": "x"}, corr_id="c-4"))).status == 404
@@ -146,10 +154,20 @@ def test_s07_unknown_fields_ignored(rpc: Any) -> None:
     """Scenario 7: unknown members at the top level, in head, in data and in a Value are ignored."""
     body = {
         "kind": "promise.create",
-        "head": {"corrId": "c-x", "version": VERSION, "resonate:debug_time": T,
-                 "extra": {"nested": [1, 2]}, "origin": "foo"},
-        "data": {"id": "foo", "timeoutAt": T + 1000, "bogus": True,
-                 "param": {"data": "eA==", "junk": 1}, "tags": {"a": "b"}},
+        "head": {
+            "corrId": "c-x",
+            "version": VERSION,
+            "resonate:debug_time": T,
+            "extra": {"nested": [1, 2]},
+            "origin": "foo",
+        },
+        "data": {
+            "id": "foo",
+            "timeoutAt": T + 1000,
+            "bogus": True,
+            "param": {"data": "eA==", "junk": 1},
+            "tags": {"a": "b"},
+        },
         "extraTop": 42,
     }
     reply = rpc.post(raw(body))
@@ -157,13 +175,17 @@ def test_s07_unknown_fields_ignored(rpc: Any) -> None:
     assert reply.body["kind"] == "promise.create"
     assert reply.body["head"] == {"corrId": "c-x", "status": 200, "version": VERSION}
     assert reply.body["data"]["promise"] == pending_record(
-        "foo", T + 1000, param={"data": "eA=="}, tags={"a": "b"})
+        "foo", T + 1000, param={"data": "eA=="}, tags={"a": "b"}
+    )
     got = ok(rpc.call("promise.get", {"id": "foo", "whatever": None}, time=T))
     assert got["promise"] == reply.body["data"]["promise"]
 
 
-@pytest.mark.parametrize("timeout_at", [1.5, 1.0, "10", True, 2**63, None],
-                         ids=["float", "float-integral", "string", "bool", "2^63", "null"])
+@pytest.mark.parametrize(
+    "timeout_at",
+    [1.5, 1.0, "10", True, 2**63, None],
+    ids=["float", "float-integral", "string", "bool", "2^63", "null"],
+)
 def test_s08_strict_integer_timeout(rpc: Any, timeout_at: Any) -> None:
     """Scenario 8: timeoutAt must be a JSON integer in i64 range, else 400 "Invalid request: …"."""
     reply = rpc.call("promise.create", {"id": "p", "timeoutAt": timeout_at}, time=T)
@@ -174,8 +196,9 @@ def test_s08_strict_integer_timeout(rpc: Any, timeout_at: Any) -> None:
 @pytest.mark.parametrize("debug_time", [1.5, "1700000000000", True])
 def test_s08_strict_integer_debug_time(rpc: Any, debug_time: Any) -> None:
     """Scenario 8: a non-integer resonate:debug_time is an envelope error (400)."""
-    body = envelope("promise.get", {"id": "p"}, corr_id="c-dt", time=None,
-                    **{"resonate:debug_time": debug_time})
+    body = envelope(
+        "promise.get", {"id": "p"}, corr_id="c-dt", time=None, **{"resonate:debug_time": debug_time}
+    )
     data = assert_error_envelope(rpc.post(raw(body)), "promise.get", "c-dt")
     assert data.startswith("Invalid request envelope: ")
 
@@ -189,20 +212,24 @@ def test_s08_null_accepted_for_option_fields(rpc: Any) -> None:
     data = ok(search(rpc, state=None, tags=None, limit=None, cursor=None))
     assert [p["id"] for p in data["promises"]] == ["a"]
     # null debug_time is accepted (Option) and means "no debug time"
-    body = envelope("promise.get", {"id": "a"}, corr_id="c-n", time=None,
-                    **{"resonate:debug_time": None})
+    body = envelope(
+        "promise.get", {"id": "a"}, corr_id="c-n", time=None, **{"resonate:debug_time": None}
+    )
     assert rpc.post(raw(body)).status == 200
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/promises/x"),
-    ("POST", "/tasks"),
-    ("GET", "/promises"),
-    ("GET", "/schedules"),
-    ("DELETE", "/schedules/s1"),
-    ("PATCH", "/promises/a/b"),
-    ("GET", "/tasks/t1"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/promises/x"),
+        ("POST", "/tasks"),
+        ("GET", "/promises"),
+        ("GET", "/schedules"),
+        ("DELETE", "/schedules/s1"),
+        ("PATCH", "/promises/a/b"),
+        ("GET", "/tasks/t1"),
+    ],
+)
 def test_s09_legacy_paths_gone(rpc: Any, method: str, path: str) -> None:
     """Scenario 9: gen-1 REST paths answer 410 with the JSON upgrade message."""
     body = b"{}" if method in ("POST", "PATCH") else None
@@ -227,16 +254,22 @@ def test_s10_debug_disabled(make_server: Any) -> None:
     server = make_server()
     client = server.client()
     try:
-        for kind, data in [("debug.start", {}), ("debug.stop", {}), ("debug.reset", {}),
-                           ("debug.snap", {}), ("debug.tick", {"time": T})]:
+        for kind, data in [
+            ("debug.start", {}),
+            ("debug.stop", {}),
+            ("debug.reset", {}),
+            ("debug.snap", {}),
+            ("debug.tick", {"time": T}),
+        ]:
             err(client.call(kind, data), 403, "Debug operations are disabled")
             err(client.call(kind, data, time=T), 403, "Debug operations are disabled")
 
         before = int(wallclock.time() * 1000)
         far_future = before + 10 * 24 * 3600 * 1000
         timeout_at = before + 60_000
-        promise = ok(client.call("promise.create", {"id": "dbg", "timeoutAt": timeout_at},
-                                 time=far_future))["promise"]
+        promise = ok(
+            client.call("promise.create", {"id": "dbg", "timeoutAt": timeout_at}, time=far_future)
+        )["promise"]
         after = int(wallclock.time() * 1000)
         assert promise["state"] == "pending", promise
         assert before - 1000 <= promise["createdAt"] <= after + 1000, (before, promise, after)
@@ -246,8 +279,9 @@ def test_s10_debug_disabled(make_server: Any) -> None:
         got = ok(client.call("promise.get", {"id": "dbg"}, time=far_future))["promise"]
         assert got == promise
         # Nor does a settle "at" a debug time; settledAt comes from the wall clock.
-        settled = ok(client.call("promise.settle", {"id": "dbg", "state": "resolved"},
-                                 time=far_future))["promise"]
+        settled = ok(
+            client.call("promise.settle", {"id": "dbg", "state": "resolved"}, time=far_future)
+        )["promise"]
         assert settled["state"] == "resolved", settled
         assert settled["settledAt"] < timeout_at, settled
     finally:

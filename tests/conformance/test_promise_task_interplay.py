@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from helpers import (
+from .helpers import (
     R,
     T,
     callback,
@@ -28,18 +28,25 @@ TTL = 10_000
 
 def task_create(rpc: Any, id: str, timeout_at: int, *, time: int = T) -> dict[str, Any]:
     """task.create that must succeed; returns its data ({task, promise, preload})."""
-    data = {"pid": PID, "ttl": TTL,
-            "action": {"kind": "promise.create", "head": {},
-                       "data": {"id": id, "timeoutAt": timeout_at,
-                                "tags": {"resonate:target": TARGET}}}}
+    data = {
+        "pid": PID,
+        "ttl": TTL,
+        "action": {
+            "kind": "promise.create",
+            "head": {},
+            "data": {"id": id, "timeoutAt": timeout_at, "tags": {"resonate:target": TARGET}},
+        },
+    }
     out = ok(rpc.call("task.create", data, time=time))
     assert out["task"] == task(id, "acquired", 1, ttl=TTL, pid=PID), out
     return out
 
 
 def suspend(rpc: Any, id: str, version: int, awaited: list[str], *, time: int = T) -> Any:
-    actions = [{"kind": "promise.register_callback", "head": {},
-                "data": {"awaited": a, "awaiter": id}} for a in awaited]
+    actions = [
+        {"kind": "promise.register_callback", "head": {}, "data": {"awaited": a, "awaiter": id}}
+        for a in awaited
+    ]
     return rpc.call("task.suspend", {"id": id, "version": version, "actions": actions}, time=time)
 
 
@@ -61,8 +68,9 @@ def test_s06_http_status_300_and_409(rpc: Any) -> None:
 def test_s21_settle_promise_of_acquired_task(rpc: Any) -> None:
     """Scenario 21: settling a promise whose task is acquired fulfils it; worker fulfill 409."""
     create_ok(rpc, "foo", T + 60_000, tags={"resonate:target": TARGET})
-    acquired = ok(rpc.call("task.acquire", {"id": "foo", "version": 0, "pid": PID, "ttl": TTL},
-                           time=T))
+    acquired = ok(
+        rpc.call("task.acquire", {"id": "foo", "version": 0, "pid": PID, "ttl": TTL}, time=T)
+    )
     assert acquired["task"] == task("foo", "acquired", 1, ttl=TTL, pid=PID)
     s = snap(rpc)
     assert s["taskTimeouts"] == [{"id": "foo", "type": 1, "timeout": T + TTL}]
@@ -74,14 +82,24 @@ def test_s21_settle_promise_of_acquired_task(rpc: Any) -> None:
     assert s["taskTimeouts"] == []
     assert s["promiseTimeouts"] == []
 
-    fulfill = {"id": "foo", "version": 1,
-               "action": {"kind": "promise.settle", "head": {},
-                          "data": {"id": "foo", "state": "rejected", "value": {}}}}
-    err(rpc.call("task.fulfill", fulfill, time=T + 2000), 409,
-        "Task version mismatch or invalid state")
+    fulfill = {
+        "id": "foo",
+        "version": 1,
+        "action": {
+            "kind": "promise.settle",
+            "head": {},
+            "data": {"id": "foo", "state": "rejected", "value": {}},
+        },
+    }
+    err(
+        rpc.call("task.fulfill", fulfill, time=T + 2000),
+        409,
+        "Task version mismatch or invalid state",
+    )
 
-    hb = rpc.call("task.heartbeat", {"pid": PID, "tasks": [{"id": "foo", "version": 1}]},
-                  time=T + 3000)
+    hb = rpc.call(
+        "task.heartbeat", {"pid": PID, "tasks": [{"id": "foo", "version": 1}]}, time=T + 3000
+    )
     assert ok(hb) == {}
     after = snap(rpc, T + 3000)
     assert after["tasks"] == [task("foo", "fulfilled", 1)]

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from helpers import (
+
+from .helpers import (
     R,
     T,
     callback,
@@ -31,8 +32,15 @@ from helpers import (
 )
 
 TARGET = "poll://any@g"
-EMPTY_SNAP = {"promises": [], "promiseTimeouts": [], "callbacks": [], "listeners": [],
-              "tasks": [], "taskTimeouts": [], "messages": []}
+EMPTY_SNAP = {
+    "promises": [],
+    "promiseTimeouts": [],
+    "callbacks": [],
+    "listeners": [],
+    "tasks": [],
+    "taskTimeouts": [],
+    "messages": [],
+}
 
 
 def ids(promises: list[dict[str, Any]]) -> list[str]:
@@ -40,6 +48,7 @@ def ids(promises: list[dict[str, Any]]) -> list[str]:
 
 
 # --- 11 -------------------------------------------------------------------------------------
+
 
 def test_s11_create_without_target(rpc: Any) -> None:
     """Scenario 11: target-less create is pending, exact record shape, no task/timeout/msg."""
@@ -66,6 +75,7 @@ def test_s11_create_without_target(rpc: Any) -> None:
 
 # --- 12 -------------------------------------------------------------------------------------
 
+
 def test_s12_create_with_target(rpc: Any) -> None:
     """Scenario 12: targeted create gives task pending v0, timeouts and one execute message."""
     tags = {"resonate:target": TARGET}
@@ -85,14 +95,22 @@ def test_s12_create_with_target(rpc: Any) -> None:
 
 # --- 13 -------------------------------------------------------------------------------------
 
+
 def test_s13_create_is_idempotent_first_write_wins(rpc: Any) -> None:
     """Scenario 13: a second create returns the first record and adds no rows or messages."""
-    first = create_ok(rpc, "p", T + 60_000, param={"data": "YQ=="},
-                      tags={"resonate:target": TARGET, "x": "1"})
+    first = create_ok(
+        rpc, "p", T + 60_000, param={"data": "YQ=="}, tags={"resonate:target": TARGET, "x": "1"}
+    )
     s1 = snap(rpc)
 
-    second = create_ok(rpc, "p", T + 90_000, param={"headers": {"a": "b"}, "data": "Yg=="},
-                       tags={"resonate:target": "poll://any@other", "x": "2"}, time=T + 1000)
+    second = create_ok(
+        rpc,
+        "p",
+        T + 90_000,
+        param={"headers": {"a": "b"}, "data": "Yg=="},
+        tags={"resonate:target": "poll://any@other", "x": "2"},
+        time=T + 1000,
+    )
     assert second == first
     assert snap(rpc, T + 1000) == s1
 
@@ -109,13 +127,21 @@ def test_s13_create_is_idempotent_first_write_wins(rpc: Any) -> None:
 
 # --- 14 -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("timeout_at", [T, T - 5000, 0], ids=["equal", "past", "zero"])
 def test_s14_create_already_timed_out(rpc: Any, timeout_at: int) -> None:
     """Scenario 14: timeoutAt <= T gives rejected_timedout, createdAt = settledAt = timeoutAt."""
     p = create_ok(rpc, "p", timeout_at, param={"data": "eA=="})
-    assert p == {"id": "p", "state": "rejected_timedout", "param": {"data": "eA=="},
-                 "value": {}, "tags": {}, "timeoutAt": timeout_at, "createdAt": timeout_at,
-                 "settledAt": timeout_at}
+    assert p == {
+        "id": "p",
+        "state": "rejected_timedout",
+        "param": {"data": "eA=="},
+        "value": {},
+        "tags": {},
+        "timeoutAt": timeout_at,
+        "createdAt": timeout_at,
+        "settledAt": timeout_at,
+    }
     assert snap(rpc) == {**EMPTY_SNAP, "promises": [p]}
 
 
@@ -131,16 +157,25 @@ def test_s14_create_already_timed_out_timer_and_target(rpc: Any) -> None:
 
     tgt_tags = {"resonate:target": TARGET}
     tgt = create_ok(rpc, "tgt", T, tags=tgt_tags)
-    assert tgt == {"id": "tgt", "state": "rejected_timedout", "param": {}, "value": {},
-                   "tags": tgt_tags, "timeoutAt": T, "createdAt": T, "settledAt": T}
+    assert tgt == {
+        "id": "tgt",
+        "state": "rejected_timedout",
+        "param": {},
+        "value": {},
+        "tags": tgt_tags,
+        "timeoutAt": T,
+        "createdAt": T,
+        "settledAt": T,
+    }
     both_tags = {"resonate:target": TARGET, "resonate:timer": "true"}
     both = create_ok(rpc, "tgttimer", T - 10, tags=both_tags)
     assert both["state"] == "resolved" and both["settledAt"] == T - 10
 
     s = snap(rpc)
     assert ids(s["promises"]) == ["nottimer", "tgt", "tgttimer", "timer"]
-    assert s["tasks"] == sorted_items([task("tgt", "fulfilled", 0),
-                                       task("tgttimer", "fulfilled", 0)])
+    assert s["tasks"] == sorted_items(
+        [task("tgt", "fulfilled", 0), task("tgttimer", "fulfilled", 0)]
+    )
     assert s["promiseTimeouts"] == []
     assert s["taskTimeouts"] == []
     assert s["messages"] == []
@@ -153,75 +188,132 @@ BAD_CREATES: list[tuple[str, dict[str, Any], str]] = [
     ("empty-id", {"id": "", "timeoutAt": T + 1000}, "Promise ID is required"),
     ("nul-id", {"id": "a\x00b", "timeoutAt": T + 1000}, "Promise ID must not contain null bytes"),
     ("negative-timeout", {"id": "p", "timeoutAt": -1}, "TimeoutAt must be a non-negative integer"),
-    ("origin-with-colon", {"id": "a:b", "timeoutAt": T + 1000,
-                           "tags": {"resonate:origin": "a:b"}},
-     "resonate:origin must not contain ':'"),
-    ("id-not-extending-origin", {"id": "bar", "timeoutAt": T + 1000,
-                                 "tags": {"resonate:origin": "foo"}},
-     "Promise ID must be prefixed by resonate:origin"),
-    ("id-sharing-text-prefix-of-origin", {"id": "foobar", "timeoutAt": T + 1000,
-                                          "tags": {"resonate:origin": "foo"}},
-     "Promise ID must be prefixed by resonate:origin"),
-    ("id-not-extending-branch", {"id": "foo:1", "timeoutAt": T + 1000,
-                                 "tags": {"resonate:branch": "foo:2"}},
-     "Promise ID must be prefixed by resonate:branch"),
-    ("id-not-extending-parent", {"id": "foo:1", "timeoutAt": T + 1000,
-                                 "tags": {"resonate:parent": "bar"}},
-     "Promise ID must be prefixed by resonate:parent"),
-    ("prefix-with-colon", {"id": "p", "timeoutAt": T + 1000,
-                           "tags": {"resonate:prefix": "a:b"}},
-     "resonate:prefix must not contain ':'"),
-    ("delay-not-integer", {"id": "p", "timeoutAt": T + 10_000,
-                           "tags": {"resonate:target": TARGET, "resonate:delay": "abc"}},
-     "resonate:delay must be a non-negative integer"),
-    ("delay-negative", {"id": "p", "timeoutAt": T + 10_000,
-                        "tags": {"resonate:target": TARGET, "resonate:delay": "-1"}},
-     "resonate:delay must be a non-negative integer"),
-    ("delay-equal-timeout", {"id": "p", "timeoutAt": T + 10_000,
-                             "tags": {"resonate:target": TARGET,
-                                      "resonate:delay": str(T + 10_000)}},
-     "resonate:delay must be less than timeoutAt"),
-    ("delay-after-timeout", {"id": "p", "timeoutAt": T + 10_000,
-                             "tags": {"resonate:target": TARGET,
-                                      "resonate:delay": str(T + 20_000)}},
-     "resonate:delay must be less than timeoutAt"),
-    ("delay-without-target", {"id": "p", "timeoutAt": T + 10_000,
-                              "tags": {"resonate:delay": str(T + 5000)}},
-     "resonate:delay requires a resonate:target tag"),
-    ("target-no-cast", {"id": "p", "timeoutAt": T + 1000,
-                        "tags": {"resonate:target": "poll://g"}},
-     "Invalid resonate:target address"),
-    ("target-bad-cast", {"id": "p", "timeoutAt": T + 1000,
-                         "tags": {"resonate:target": "poll://multi@g"}},
-     "Invalid resonate:target address"),
-    ("target-unknown-scheme", {"id": "p", "timeoutAt": T + 1000,
-                               "tags": {"resonate:target": "foo://x"}},
-     "Invalid resonate:target address"),
-    ("target-not-a-url", {"id": "p", "timeoutAt": T + 1000,
-                          "tags": {"resonate:target": "not a url"}},
-     "Invalid resonate:target address"),
+    (
+        "origin-with-colon",
+        {"id": "a:b", "timeoutAt": T + 1000, "tags": {"resonate:origin": "a:b"}},
+        "resonate:origin must not contain ':'",
+    ),
+    (
+        "id-not-extending-origin",
+        {"id": "bar", "timeoutAt": T + 1000, "tags": {"resonate:origin": "foo"}},
+        "Promise ID must be prefixed by resonate:origin",
+    ),
+    (
+        "id-sharing-text-prefix-of-origin",
+        {"id": "foobar", "timeoutAt": T + 1000, "tags": {"resonate:origin": "foo"}},
+        "Promise ID must be prefixed by resonate:origin",
+    ),
+    (
+        "id-not-extending-branch",
+        {"id": "foo:1", "timeoutAt": T + 1000, "tags": {"resonate:branch": "foo:2"}},
+        "Promise ID must be prefixed by resonate:branch",
+    ),
+    (
+        "id-not-extending-parent",
+        {"id": "foo:1", "timeoutAt": T + 1000, "tags": {"resonate:parent": "bar"}},
+        "Promise ID must be prefixed by resonate:parent",
+    ),
+    (
+        "prefix-with-colon",
+        {"id": "p", "timeoutAt": T + 1000, "tags": {"resonate:prefix": "a:b"}},
+        "resonate:prefix must not contain ':'",
+    ),
+    (
+        "delay-not-integer",
+        {
+            "id": "p",
+            "timeoutAt": T + 10_000,
+            "tags": {"resonate:target": TARGET, "resonate:delay": "abc"},
+        },
+        "resonate:delay must be a non-negative integer",
+    ),
+    (
+        "delay-negative",
+        {
+            "id": "p",
+            "timeoutAt": T + 10_000,
+            "tags": {"resonate:target": TARGET, "resonate:delay": "-1"},
+        },
+        "resonate:delay must be a non-negative integer",
+    ),
+    (
+        "delay-equal-timeout",
+        {
+            "id": "p",
+            "timeoutAt": T + 10_000,
+            "tags": {"resonate:target": TARGET, "resonate:delay": str(T + 10_000)},
+        },
+        "resonate:delay must be less than timeoutAt",
+    ),
+    (
+        "delay-after-timeout",
+        {
+            "id": "p",
+            "timeoutAt": T + 10_000,
+            "tags": {"resonate:target": TARGET, "resonate:delay": str(T + 20_000)},
+        },
+        "resonate:delay must be less than timeoutAt",
+    ),
+    (
+        "delay-without-target",
+        {"id": "p", "timeoutAt": T + 10_000, "tags": {"resonate:delay": str(T + 5000)}},
+        "resonate:delay requires a resonate:target tag",
+    ),
+    (
+        "target-no-cast",
+        {"id": "p", "timeoutAt": T + 1000, "tags": {"resonate:target": "poll://g"}},
+        "Invalid resonate:target address",
+    ),
+    (
+        "target-bad-cast",
+        {"id": "p", "timeoutAt": T + 1000, "tags": {"resonate:target": "poll://multi@g"}},
+        "Invalid resonate:target address",
+    ),
+    (
+        "target-unknown-scheme",
+        {"id": "p", "timeoutAt": T + 1000, "tags": {"resonate:target": "foo://x"}},
+        "Invalid resonate:target address",
+    ),
+    (
+        "target-not-a-url",
+        {"id": "p", "timeoutAt": T + 1000, "tags": {"resonate:target": "not a url"}},
+        "Invalid resonate:target address",
+    ),
 ]
 
 
-@pytest.mark.parametrize("data,message", [(d, m) for _, d, m in BAD_CREATES],
-                         ids=[n for n, _, _ in BAD_CREATES])
+@pytest.mark.parametrize(
+    "data,message", [(d, m) for _, d, m in BAD_CREATES], ids=[n for n, _, _ in BAD_CREATES]
+)
 def test_s15_create_validation(rpc: Any, data: dict[str, Any], message: str) -> None:
     """Scenario 15: each create validation rule gives 400 with its exact message, nothing stored."""
     err(rpc.call("promise.create", data, time=T), 400, message)
     assert snap(rpc) == EMPTY_SNAP
 
 
-@pytest.mark.parametrize("data", [
-    {"id": "p", "timeoutAt": T + 1000, "param": None},
-    {"id": "p", "timeoutAt": T + 1000, "tags": None},
-    {"id": "p", "timeoutAt": T + 1000, "tags": {"a": 1}},
-    {"id": "p", "timeoutAt": T + 1000, "param": {"data": 5}},
-    {"id": "p", "timeoutAt": T + 1000, "param": {"headers": {"a": None}}},
-    {"id": 5, "timeoutAt": T + 1000},
-    {"timeoutAt": T + 1000},
-    {"id": "p"},
-], ids=["param-null", "tags-null", "tag-value-int", "param-data-int", "header-null",
-        "id-int", "id-missing", "timeout-missing"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"id": "p", "timeoutAt": T + 1000, "param": None},
+        {"id": "p", "timeoutAt": T + 1000, "tags": None},
+        {"id": "p", "timeoutAt": T + 1000, "tags": {"a": 1}},
+        {"id": "p", "timeoutAt": T + 1000, "param": {"data": 5}},
+        {"id": "p", "timeoutAt": T + 1000, "param": {"headers": {"a": None}}},
+        {"id": 5, "timeoutAt": T + 1000},
+        {"timeoutAt": T + 1000},
+        {"id": "p"},
+    ],
+    ids=[
+        "param-null",
+        "tags-null",
+        "tag-value-int",
+        "param-data-int",
+        "header-null",
+        "id-int",
+        "id-missing",
+        "timeout-missing",
+    ],
+)
 def test_s15_create_shape_errors(rpc: Any, data: dict[str, Any]) -> None:
     """Scenario 15 (§1.4): mistyped or missing create fields give 400 "Invalid request: …"."""
     err(rpc.call("promise.create", data, time=T), 400, prefix="Invalid request: ")
@@ -229,6 +321,7 @@ def test_s15_create_shape_errors(rpc: Any, data: dict[str, Any]) -> None:
 
 
 # --- 16 -------------------------------------------------------------------------------------
+
 
 def test_s16_delay_defers_first_execute(rpc: Any) -> None:
     """Scenario 16: resonate:delay defers the first execute until the delay passes."""
@@ -256,6 +349,7 @@ def test_s16_delay_defers_first_execute(rpc: Any) -> None:
 
 
 # --- 17 -------------------------------------------------------------------------------------
+
 
 def test_s17_get(rpc: Any) -> None:
     """Scenario 17: get of a missing id is 404; get after timeout returns it timed out (stored)."""
@@ -292,6 +386,7 @@ def test_s17_get_times_out_targeted_promise(rpc: Any) -> None:
 
 # --- 18 -------------------------------------------------------------------------------------
 
+
 def test_s18_tick_ignores_targetless_promise(rpc: Any) -> None:
     """Scenario 18: tick does not expire a target-less promise; a later get does and unblocks."""
     created = create_ok(rpc, "p", T + 1000)
@@ -314,6 +409,7 @@ def test_s18_tick_ignores_targetless_promise(rpc: Any) -> None:
 
 # --- 19 -------------------------------------------------------------------------------------
 
+
 def test_s19_settle(rpc: Any) -> None:
     """Scenario 19: settle stores state/value/settledAt; re-settle returns the original record."""
     created = create_ok(rpc, "p", T + 60_000, param={"data": "cA=="})
@@ -333,8 +429,11 @@ def test_s19_settle(rpc: Any) -> None:
     err(settle(rpc, "q", "pending"), 400, prefix="Invalid request: ")
     err(settle(rpc, "q", "bogus"), 400, prefix="Invalid request: ")
     err(rpc.call("promise.settle", {"id": "q"}, time=T), 400, prefix="Invalid request: ")
-    err(rpc.call("promise.settle", {"id": "", "state": "resolved"}, time=T), 400,
-        "Promise ID is required")
+    err(
+        rpc.call("promise.settle", {"id": "", "state": "resolved"}, time=T),
+        400,
+        "Promise ID is required",
+    )
     assert get_ok(rpc, "q")["state"] == "pending"
 
     canceled = settle_ok(rpc, "q", "rejected_canceled", time=T + 10)
@@ -358,6 +457,7 @@ def test_s19_settle_targeted_pending(rpc: Any) -> None:
 
 # --- 20 -------------------------------------------------------------------------------------
 
+
 def test_s20_settle_at_exactly_timeout(rpc: Any) -> None:
     """Scenario 20: settling at exactly timeoutAt returns the timed-out record, value not stored."""
     created = create_ok(rpc, "p", T + 1000)
@@ -377,6 +477,7 @@ def test_s20_settle_at_exactly_timeout(rpc: Any) -> None:
 
 # --- 22 -------------------------------------------------------------------------------------
 
+
 def test_s22_listeners_unblocked_on_settle(rpc: Any) -> None:
     """Scenario 22: duplicate listeners collapse; settle sends one unblock per address, clears."""
     created = create_ok(rpc, "p", T + 60_000)
@@ -384,18 +485,21 @@ def test_s22_listeners_unblocked_on_settle(rpc: Any) -> None:
         assert ok(listen(rpc, "p", address))["promise"] == created
 
     s = snap(rpc)
-    assert s["listeners"] == sorted_items([{"id": "p", "address": "http://a"},
-                                           {"id": "p", "address": "poll://uni@g/w"}])
+    assert s["listeners"] == sorted_items(
+        [{"id": "p", "address": "http://a"}, {"id": "p", "address": "poll://uni@g/w"}]
+    )
     assert s["messages"] == []
 
     settled = settle_ok(rpc, "p", "resolved", value={"data": "eA=="}, time=T + 1000)
     s = snap(rpc, T + 1000)
     assert s["listeners"] == []
-    assert s["messages"] == sorted_items([unblock_msg("http://a", settled),
-                                          unblock_msg("poll://uni@g/w", settled)])
+    assert s["messages"] == sorted_items(
+        [unblock_msg("http://a", settled), unblock_msg("poll://uni@g/w", settled)]
+    )
 
 
 # --- 23 -------------------------------------------------------------------------------------
+
 
 def test_s23_register_listener_edge_cases(rpc: Any) -> None:
     """Scenario 23: listener on settled promise records nothing; missing 404; bad address 400."""
@@ -422,6 +526,7 @@ def test_s23_register_listener_edge_cases(rpc: Any) -> None:
 
 # --- 24 -------------------------------------------------------------------------------------
 
+
 def test_s24_register_callback_errors(rpc: Any) -> None:
     """Scenario 24: register_callback 400 (same id, cross origin), 404 awaited, 422 awaiter."""
     create_ok(rpc, "foo", T + 60_000, tags={"resonate:target": TARGET})
@@ -435,8 +540,11 @@ def test_s24_register_callback_errors(rpc: Any) -> None:
     err(callback(rpc, "foo:9", "foo:8"), 404, "Awaited promise not found")
     err(callback(rpc, "foo:1", "foo:8"), 422, "Awaiter promise not found")
     err(callback(rpc, "foo:1", "foo:2"), 422, "Awaiter promise has no resonate:target tag")
-    err(rpc.call("promise.register_callback", {"awaited": "foo:1"}, time=T), 400,
-        prefix="Invalid request: ")
+    err(
+        rpc.call("promise.register_callback", {"awaited": "foo:1"}, time=T),
+        400,
+        prefix="Invalid request: ",
+    )
 
     s = snap(rpc)
     assert s["callbacks"] == []
@@ -444,6 +552,7 @@ def test_s24_register_callback_errors(rpc: Any) -> None:
 
 
 # --- 25 -------------------------------------------------------------------------------------
+
 
 def test_s25_register_callback_both_pending(rpc: Any) -> None:
     """Scenario 25: both pending gives a callback row; the reply is the awaited record."""
@@ -480,6 +589,7 @@ def test_s25_register_callback_awaiter_settled(rpc: Any) -> None:
 
 # --- 26 (the task-free part; acquired/suspended/halted awaiters are in the interplay file) ---
 
+
 def test_s26_awaited_settled_pending_or_fulfilled_awaiter(rpc: Any) -> None:
     """Scenario 26 (§1.5): awaited settled: pending awaiter gets resumes 1, fulfilled nothing."""
     create_ok(rpc, "foo", T + 60_000, tags={"resonate:target": TARGET})
@@ -505,6 +615,7 @@ def test_s26_awaited_settled_pending_or_fulfilled_awaiter(rpc: Any) -> None:
 
 
 # --- 27 -------------------------------------------------------------------------------------
+
 
 def test_s27_search_state_exact(rpc: Any) -> None:
     """Scenario 27: the state filter is an exact match (rejected excludes rejected_canceled)."""

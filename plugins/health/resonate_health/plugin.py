@@ -19,8 +19,14 @@ log = logging.getLogger("resonate.health")
 
 @hookimpl
 def resonate_config_settings() -> list[Setting]:
-    return [Setting("health.timeout", Duration, "2s",
-                    "How long the store may take to answer a health check before it is 503.")]
+    return [
+        Setting(
+            "health.timeout",
+            Duration,
+            "2s",
+            "How long the store may take to answer a health check before it is 503.",
+        )
+    ]
 
 
 @hookimpl
@@ -29,11 +35,12 @@ def resonate_routes(server: Server) -> list[tuple[str, str, Any]]:
 
     async def readiness(request: web.Request) -> web.Response:
         if not server.accepting:
-            return web.json_response({"status": "unavailable", "reason": "not accepting requests"},
-                                     status=503)
+            return web.json_response(
+                {"status": "unavailable", "reason": "not accepting requests"}, status=503
+            )
         try:
             await asyncio.wait_for(server.store.ping(), timeout)
-        except (StoreError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, StoreError, OSError) as e:
             reason = str(e) or "store did not answer in time"
             log.warning("health check failed: %s", reason)
             return web.json_response({"status": "unavailable", "reason": reason}, status=503)
@@ -42,5 +49,8 @@ def resonate_routes(server: Server) -> list[tuple[str, str, Any]]:
     async def liveness(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    return [("GET", "/healthz", readiness), ("GET", "/ready", readiness),
-            ("GET", "/health", liveness)]
+    return [
+        ("GET", "/healthz", readiness),
+        ("GET", "/ready", readiness),
+        ("GET", "/health", liveness),
+    ]
