@@ -43,7 +43,7 @@ def test_plugins_command_lists_name_version_and_hooks() -> None:
     out = resonate("plugins")
     assert out.returncode == 0, out.stderr
     lines = {line.split(" ", 1)[0]: line for line in out.stdout.splitlines()}
-    assert set(lines) == {"core", "health", "store_sqlite"}
+    assert set(lines) == {"core", "health", "store_sqlite", "transport_http", "transport_poll"}
     assert lines["store_sqlite"].startswith("store_sqlite (resonate-store-sqlite 0.1.0): ")
     assert "resonate_routes" in lines["health"]
     listed = json.loads(resonate("plugins", "--json").stdout)
@@ -51,6 +51,8 @@ def test_plugins_command_lists_name_version_and_hooks() -> None:
         "core": "resonate-server-core",
         "health": "resonate-health",
         "store_sqlite": "resonate-store-sqlite",
+        "transport_http": "resonate-transport-http",
+        "transport_poll": "resonate-transport-poll",
     }
 
 
@@ -66,7 +68,7 @@ def test_load_plugins_filter_names_a_missing_plugin() -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "resonate: error: RESONATE_LOAD_PLUGINS names nope, which is not installed "
-        "(installed: health, store_sqlite)"
+        "(installed: health, store_sqlite, transport_http, transport_poll)"
     )
 
 

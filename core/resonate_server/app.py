@@ -82,6 +82,7 @@ class Server:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.plugin_state: dict[str, Any] = {}  # per-server state plugins share between hooks
         self._observe_requests = bool(pm.hook.resonate_request_finished.get_hookimpls())
         self._observe_changes = bool(pm.hook.resonate_state_changes.get_hookimpls())
         self._observe_deliveries = bool(pm.hook.resonate_message_delivered.get_hookimpls())
@@ -274,7 +275,7 @@ class Server:
                 log.warning("message delivery failed, will retry: %s", e)
 
     async def deliver(self, message: Message) -> str:
-        """Send one claimed message; returns the outcome (success, error or dropped)."""
+        """Send one claimed message; returns its outcome (``pending`` when still in flight)."""
         if message.kind == "execute":
             assert message.task_id is not None and message.version is not None
             body = execute_message(message.task_id, message.version, self.url)

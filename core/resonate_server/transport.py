@@ -21,8 +21,12 @@ class Transport(ABC):
         """Release resources and end open streams. Called once at shutdown."""
 
     @abstractmethod
-    async def send(self, address: Address, message: dict[str, Any]) -> bool:
-        """Hand ``message`` to ``address``; True when it left the server, False when dropped.
+    async def send(self, address: Address, message: dict[str, Any]) -> bool | None:
+        """Hand ``message`` to ``address``.
 
-        Must not block for long: queue and return. Raising is treated as a failed delivery.
+        Return True when it was delivered, False when it was dropped (no subscriber, full
+        buffer), or None when delivery continues in the background; the transport then calls
+        :meth:`Server.report_delivery <resonate_server.app.Server.report_delivery>` once with
+        the final outcome. Must not block for long: queue and return. Raising counts as a
+        failed delivery.
         """

@@ -1,0 +1,3 @@
+"""The poll transport for resonate-server."""
+
+__version__ = "0.1.0"
