@@ -161,6 +161,7 @@ def build_cli(pm: PluginManager) -> click.Group:
         for key, shown, source in settings.describe():
             click.echo(f"{key} = {shown}  ({source})")
 
+    add_client_commands(cli)
     pm.hook.resonate_cli_commands(cli=cli)
     return cli
 
@@ -171,3 +172,176 @@ def main() -> None:
     except ConfigError as e:
         _fail(str(e))
     build_cli(pm)(prog_name="resonate")
+
+
+def _duration_ms(text: str) -> int:
+    from .config import parse_duration
+
+    try:
+        return int(parse_duration(text) * 1000)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--token",
+        "-T",
+        envvar="RESONATE_TOKEN",
+        default=None,
+        help="Bearer token (env RESONATE_TOKEN).",
+    )(fn)
+    return click.option(
+        "--server",
+        "-S",
+        envvar="RESONATE_URL",
+        default="http://localhost:8001",
+        show_default=True,
+        help="Server URL (env RESONATE_URL).",
+    )(fn)
+
+
+def _rpc(server: str, token: str | None, kind: str, data: dict[str, Any]) -> Any:
+    from .client import ClientError, call
+
+    try:
+        status, reply = call(server, kind, data, token)
+    except ClientError as e:
+        _fail(str(e), 1)
+    if status >= 300:
+        _fail(f"{kind} failed with {status}: {reply}", 1)
+    return reply
+
+
+def _show(value: Any) -> None:
+    click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _promise_view(record: dict[str, Any]) -> dict[str, Any]:
+    from .client import decode
+
+    view = dict(record)
+    for key in ("param", "value"):
+        if isinstance(view.get(key), dict) and "data" in view[key]:
+            view[key] = {**view[key], "data": decode(view[key]["data"])}
+    return view
+
+
+def add_client_commands(cli: click.Group) -> None:
+    """``resonate invoke`` and ``resonate promises …``: talk to a running server."""
+
+    @cli.command()
+    @click.argument("promise_id", metavar="ID")
+    @click.option("--func", "-f", required=True, help="Registered function name.")
+    @click.option("--arg", "args", multiple=True, help="An argument (JSON, else a string).")
+    @click.option("--json-args", default=None, help="All arguments as one JSON array.")
+    @click.option(
+        "--target",
+        "-t",
+        default="default",
+        show_default=True,
+        help="Worker group (or a full address such as poll://any@group).",
+    )
+    @click.option("--timeout", default="1d", show_default=True, help="Promise timeout.")
+    @click.option("--delay", default=None, help="Start no earlier than this from now.")
+    @click.option(
+        "--version",
+        "func_version",
+        default=1,
+        show_default=True,
+        type=int,
+        help="Function version.",
+    )
+    @_client_options
+    def invoke(
+        promise_id: str,
+        func: str,
+        args: tuple[str, ...],
+        json_args: str | None,
+        target: str,
+        timeout: str,
+        delay: str | None,
+        func_version: int,
+        server: str,
+        token: str | None,
+    ) -> None:
+        """Start FUNC on a worker of TARGET as the durable promise ID."""
+        import time
+
+        from .client import invoke_request, parse_arg
+
+        values = [parse_arg(a) for a in args]
+        if json_args is not None:
+            extra = parse_arg(json_args)
+            if not isinstance(extra, list):
+                raise click.BadParameter("must be a JSON array", param_hint="--json-args")
+            values += extra
+        data = invoke_request(
+            promise_id,
+            func,
+            values,
+            target,
+            int(time.time() * 1000),
+            _duration_ms(timeout),
+            func_version,
+            _duration_ms(delay) if delay else 0,
+        )
+        reply = _rpc(server, token, "promise.create", data)
+        state = reply["promise"]["state"]
+        click.echo(
+            f"invoked {func} as {promise_id} on {data['tags']['resonate:target']} (promise {state})"
+        )
+
+    @cli.group()
+    def promises() -> None:
+        """Read and settle durable promises (human-in-the-loop, debugging)."""
+
+    @promises.command("get")
+    @click.argument("promise_id", metavar="ID")
+    @_client_options
+    def promise_get(promise_id: str, server: str, token: str | None) -> None:
+        """Show a promise, with param and value decoded."""
+        _show(_promise_view(_rpc(server, token, "promise.get", {"id": promise_id})["promise"]))
+
+    def settle_command(name: str, state: str) -> None:
+        @promises.command(name)
+        @click.argument("promise_id", metavar="ID")
+        @click.option("--value", default=None, help="The value, as JSON (else a string).")
+        @_client_options
+        def settle(promise_id: str, value: str | None, server: str, token: str | None) -> None:
+            from .client import encode, parse_arg
+
+            data: dict[str, Any] = {"id": promise_id, "state": state, "value": {}}
+            if value is not None:
+                data["value"] = {"data": encode(parse_arg(value))}
+            reply = _rpc(server, token, "promise.settle", data)
+            _show(_promise_view(reply["promise"]))
+
+        settle.__doc__ = f"Settle a pending promise as {state}."
+
+    settle_command("resolve", "resolved")
+    settle_command("reject", "rejected")
+    settle_command("cancel", "rejected_canceled")
+
+    @promises.command("search")
+    @click.option("--state", default=None, help="Exact state to match.")
+    @click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag to match (repeatable).")
+    @click.option("--limit", default=100, show_default=True, type=int)
+    @click.option("--cursor", default=None)
+    @_client_options
+    def promise_search(
+        state: str | None,
+        tags: tuple[str, ...],
+        limit: int,
+        cursor: str | None,
+        server: str,
+        token: str | None,
+    ) -> None:
+        """List promises by state and tags, one page at a time."""
+        pairs = dict(t.split("=", 1) for t in tags if "=" in t)
+        data: dict[str, Any] = {"tags": pairs, "limit": limit}
+        if state:
+            data["state"] = state
+        if cursor:
+            data["cursor"] = cursor
+        _show(_rpc(server, token, "promise.search", data))

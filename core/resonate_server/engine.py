@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import ids
+from . import cron, ids
 from . import protocol as p
 from .addresses import is_routable
 from .records import (
@@ -29,6 +29,7 @@ from .records import (
     TAG_ORIGIN,
     TAG_PARENT,
     TAG_PREFIX,
+    TAG_SCHEDULE,
     TAG_TARGET,
     TASK_ACQUIRED,
     TASK_FULFILLED,
@@ -37,6 +38,7 @@ from .records import (
     TASK_STATES,
     TASK_SUSPENDED,
     Promise,
+    Schedule,
     Task,
     execute_message,
     unblock_message,
@@ -801,11 +803,140 @@ async def run_task_search(tx: StoreTx, c: Ctx, req: SearchReq) -> Reply:
     return OK, out
 
 
+# --- schedules (§2.6; missed occurrences are coalesced, see docs/schedules.md) ---------------
+
+
+@dataclass(slots=True)
+class ScheduleReq:
+    id: str
+    cron: str
+    promise_id: str
+    promise_timeout: int
+    promise_param: dict[str, Any]
+    promise_tags: dict[str, str]
+
+
+def parse_schedule_create(d: dict[str, Any], c: Ctx) -> ScheduleReq:
+    sid = p.req_str(d, "id")
+    expr = p.req_str(d, "cron")
+    template = p.req_str(d, "promiseId")
+    timeout = p.req_int(d, "promiseTimeout")
+    param = p.value(d, "promiseParam")
+    tags = p.str_map(d, "promiseTags")
+    errors = []
+    if sid == "":
+        errors.append("Schedule ID is required")
+    if expr.strip() == "":
+        errors.append("Cron expression is required")
+    if template == "":
+        errors.append("Promise ID template is required")
+    if timeout < 0:
+        errors.append("Promise timeout must be a non-negative integer")
+    if errors:
+        raise p.bad_request("; ".join(errors))
+    if ids.ORIGIN_SEPARATOR in sid:
+        raise p.bad_request(f"Schedule ID must not contain '{ids.ORIGIN_SEPARATOR}'")
+    if TAG_TARGET not in tags:
+        raise p.bad_request("promiseTags must include a resonate:target tag")
+    if not cron.valid(expr):
+        raise p.bad_request("Invalid cron expression")
+    return ScheduleReq(sid, expr, template, timeout, param, tags)
+
+
+async def run_schedule_create(tx: StoreTx, c: Ctx, req: ScheduleReq) -> Reply:
+    existing = await tx.get_schedule(req.id)
+    if existing is None:
+        sched = Schedule(
+            req.id,
+            req.cron,
+            req.promise_id,
+            req.promise_timeout,
+            req.promise_param,
+            req.promise_tags,
+            c.now,
+            cron.next_after(req.cron, c.now),
+            None,
+        )
+        if await tx.insert_schedule(sched):
+            c.changed("schedule", sched.id, None, "active")
+            return OK, {"schedule": sched.to_wire()}
+        existing = await tx.get_schedule(req.id)
+        assert existing is not None
+    return OK, {"schedule": existing.to_wire()}
+
+
+def parse_schedule_id(d: dict[str, Any], c: Ctx) -> str:
+    return _nonempty(d, "id", "Schedule ID is required")
+
+
+async def run_schedule_get(tx: StoreTx, c: Ctx, sid: str) -> Reply:
+    sched = await tx.get_schedule(sid)
+    if sched is None:
+        return 404, "Schedule not found"
+    return OK, {"schedule": sched.to_wire()}
+
+
+async def run_schedule_delete(tx: StoreTx, c: Ctx, sid: str) -> Reply:
+    if not await tx.delete_schedule(sid):
+        return 404, "Schedule not found"
+    c.changed("schedule", sid, "active", "deleted")
+    return OK, {}
+
+
+def parse_schedule_search(d: dict[str, Any], c: Ctx) -> SearchReq:
+    tags = p.str_map(d, "tags", nullable=True)
+    return SearchReq(None, tags, p.search_limit(d, 10), p.opt_str(d, "cursor"))
+
+
+async def run_schedule_search(tx: StoreTx, c: Ctx, req: SearchReq) -> Reply:
+    found = await tx.search_schedules(req.tags, req.limit + 1, req.cursor)
+    items, cursor = page(found, req.limit, lambda x: x.id, lambda x: x.to_wire())
+    out: dict[str, Any] = {"schedules": items}
+    if cursor is not None:
+        out["cursor"] = cursor
+    return OK, out
+
+
+def schedule_promise_id(sched: Schedule, fired_at: int) -> str:
+    return sched.promise_id.replace("{{.id}}", sched.id).replace("{{.timestamp}}", str(fired_at))
+
+
+async def fire_schedule(tx: StoreTx, c: Ctx, sched: Schedule) -> Promise | None:
+    """Create the promise of ``sched``'s latest due occurrence and move it to the next one.
+
+    Occurrences missed while the server was down are coalesced into this one firing.
+    Returns the new promise, or None when a promise with that id already existed.
+    """
+    fired_at = max(sched.next_run_at, cron.latest_at_or_before(sched.cron, c.now) or 0)
+    pid = schedule_promise_id(sched, fired_at)
+    tags = {
+        **sched.promise_tags,
+        TAG_SCHEDULE: sched.id,
+        TAG_ORIGIN: pid,
+        TAG_BRANCH: pid,
+        TAG_PARENT: pid,
+        TAG_PREFIX: pid,
+    }
+    req = CreateReq(
+        pid, min(fired_at + sched.promise_timeout, p.I64_MAX), sched.promise_param, tags
+    )
+    prom = new_promise(req, c.now, created_at=fired_at)
+    stored = await insert_new(tx, c, prom, retry_at=c.now + c.retry_timeout)
+    sched.last_run_at = fired_at
+    sched.next_run_at = cron.next_after(sched.cron, c.now)
+    await tx.update_schedule(sched)
+    c.changed("schedule", sched.id, "active", "fired")
+    return prom if stored is prom else None
+
+
 # --- background work (§3.1) ------------------------------------------------------------------
 
 
 async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> int:
-    """Expire due promises, re-send due retries, expire due leases. Returns the work done."""
+    """Expire due promises, re-send due retries, expire due leases, fire due schedules.
+
+    Handles at most ``limit`` of each; returns how many it handled.
+    """
     due = await tx.due_promises(c.now, limit)
     for prom in due:
         prom.state = timeout_state(prom)
@@ -820,7 +951,10 @@ async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> int:
         else:
             task.set_timeout(None)
             await tx.update_task(task)
-    return len(due) + len(tasks)
+    schedules = await tx.due_schedules(c.now, limit)
+    for sched in schedules:
+        await fire_schedule(tx, c, sched)
+    return len(due) + len(tasks) + len(schedules)
 
 
 async def snapshot(tx: StoreTx) -> dict[str, Any]:
@@ -879,4 +1013,8 @@ OPERATIONS: dict[str, tuple[Parse, Run]] = {
     "task.halt": (parse_task_id, run_task_halt),
     "task.continue": (parse_task_id, run_task_continue),
     "task.search": (parse_task_search, run_task_search),
+    "schedule.create": (parse_schedule_create, run_schedule_create),
+    "schedule.get": (parse_schedule_id, run_schedule_get),
+    "schedule.delete": (parse_schedule_id, run_schedule_delete),
+    "schedule.search": (parse_schedule_search, run_schedule_search),
 }

@@ -77,9 +77,11 @@ def resonate_request_finished(kind: str, status: int, duration: float) -> None:
 def resonate_state_changes(changes: list[StateChange]) -> None:
     """Observe the state transitions one committed transaction made.
 
-    Each :class:`~resonate_server.engine.StateChange` names an entity (``"promise"`` or
-    ``"task"``), its id, the state before (``None`` when created) and after. Called on the
-    event loop after the commit, once per transaction with at least one change.
+    Each :class:`~resonate_server.engine.StateChange` names an entity (``"promise"``,
+    ``"task"`` or ``"schedule"``), its id, the state before (``None`` when created) and after.
+    Schedules go ``None → "active"`` when created, ``"active" → "fired"`` each time an
+    occurrence creates its promise (the schedule stays active) and ``"active" → "deleted"``.
+    Called on the event loop after the commit, once per transaction with at least one change.
     """
 
 
