@@ -1,11 +1,18 @@
-"""The relational schema shared by SQL stores (SQLAlchemy Core). One owner for table shapes.
+"""The relational schema shared by SQL stores (SQLAlchemy Core), and its migrations.
 
-JSON members (``param``, ``value``, ``tags``, ``promise_param``, ``promise_tags``) are stored as
-JSON text. ``target`` and ``branch`` copy the immutable tags of the same names so they can be
-indexed. A task's single timer (retry or lease) lives on its row.
+One owner for table shapes. JSON members (``param``, ``value``, ``promise_param``) are JSON
+text; tags are JSON text on SQLite and JSONB on PostgreSQL (so tag search can use a GIN index).
+``target`` and ``branch`` copy the immutable tags of the same names so they can be indexed.
+A task's single timer (retry or lease) lives on its row.
+
+Schema changes are :data:`MIGRATIONS`, applied in order by each store under its own lock and
+recorded in ``resonate_schema``. Never edit a released migration: add the next one.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import (
     BigInteger,
@@ -19,8 +26,12 @@ from sqlalchemy import (
     Text,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.schema import CreateIndex, CreateTable
 
-SCHEMA_VERSION = 1
+JsonTags = Text().with_variant(JSONB(), "postgresql")
+
 
 metadata = MetaData()
 
@@ -31,7 +42,7 @@ promises = Table(
     Column("state", Text, nullable=False),
     Column("param", Text, nullable=False),
     Column("value", Text, nullable=False),
-    Column("tags", Text, nullable=False),
+    Column("tags", JsonTags, nullable=False),
     Column("target", Text),
     Column("branch", Text),
     Column("timeout_at", BigInteger, nullable=False),
@@ -50,6 +61,9 @@ Index(
     promises.c.id,
     sqlite_where=text("branch IS NOT NULL"),
     postgresql_where=text("branch IS NOT NULL"),
+)
+Index(
+    "ix_promises_tags", promises.c.tags, postgresql_using="gin", info={"dialects": {"postgresql"}}
 )
 
 tasks = Table(
@@ -109,7 +123,7 @@ schedules = Table(
     Column("promise_id", Text, nullable=False),
     Column("promise_timeout", BigInteger, nullable=False),
     Column("promise_param", Text, nullable=False),
-    Column("promise_tags", Text, nullable=False),
+    Column("promise_tags", JsonTags, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("next_run_at", BigInteger, nullable=False),
     Column("last_run_at", BigInteger),
@@ -120,6 +134,8 @@ schema_version = Table(
     "resonate_schema",
     metadata,
     Column("version", Integer, primary_key=True),
+    Column("description", Text, nullable=False),
+    Column("applied_at", BigInteger, nullable=False),
 )
 
 TABLES = (
@@ -131,3 +147,39 @@ TABLES = (
     "outgoing_unblock",
     "schedules",
 )
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change: ``statements(dialect)`` gives the DDL for that database."""
+
+    version: int
+    description: str
+    statements: Callable[[Dialect], list[str]]
+
+
+def _initial(dialect: Dialect) -> list[str]:
+    out = []
+    for table in metadata.sorted_tables:
+        if table is schema_version:
+            continue
+        out.append(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            only = index.info.get("dialects")
+            if only is None or dialect.name in only:
+                out.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
+    return out
+
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial),)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def bootstrap(dialect: Dialect) -> str:
+    """DDL for the table that records applied migrations."""
+    return str(CreateTable(schema_version, if_not_exists=True).compile(dialect=dialect))
+
+
+def pending(applied: set[int]) -> list[Migration]:
+    """Migrations not yet in ``applied``, in order."""
+    return [m for m in MIGRATIONS if m.version not in applied]

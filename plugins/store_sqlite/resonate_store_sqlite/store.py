@@ -13,15 +13,12 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import orjson
 from resonate_server import schema
-from resonate_server.records import PENDING, Promise, Schedule, Task
+from resonate_server.sqltx import SqlTx
 from resonate_server.store import (
-    Message,
-    Snapshot,
     Store,
     StoreError,
     StoreTx,
@@ -29,312 +26,57 @@ from resonate_server.store import (
     run_to_completion,
 )
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 T = TypeVar("T")
 log = logging.getLogger("resonate.store.sqlite")
 
-_dumps = orjson.dumps
-_loads = orjson.loads
 
-PROMISE_COLS = "id, state, param, value, tags, timeout_at, created_at, settled_at"
-TASK_COLS = "id, state, version, timeout_at, timeout_type, pid, ttl"
-SCHEDULE_COLS = (
-    "id, cron, promise_id, promise_timeout, promise_param, promise_tags, created_at, "
-    "next_run_at, last_run_at"
-)
-TAG_MATCH = (
-    "NOT EXISTS (SELECT key, value FROM json_each(?) EXCEPT "
-    "SELECT key, value FROM json_each({col}))"
-)
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply pending schema migrations, one transaction each; return the versions applied.
+
+    ``BEGIN IMMEDIATE`` makes concurrent starters take turns; each re-reads what is applied.
+    """
+    import time
+
+    dialect = sqlite_dialect.dialect()
+    conn.execute(schema.bootstrap(dialect))
+    done = []
+    for migration in schema.MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            applied = {r[0] for r in conn.execute("SELECT version FROM resonate_schema")}
+            if migration.version not in applied:
+                for statement in migration.statements(dialect):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO resonate_schema (version, description, applied_at) "
+                    "VALUES (?, ?, ?)",
+                    (migration.version, migration.description, int(time.time() * 1000)),
+                )
+                done.append(migration.version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return done
 
 
-def _promise(r: tuple[Any, ...]) -> Promise:
-    return Promise(r[0], r[1], _loads(r[2]), _loads(r[3]), _loads(r[4]), r[5], r[6], r[7])
-
-
-def _task(r: tuple[Any, ...]) -> Task:
-    return Task(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
-
-
-def _schedule(r: tuple[Any, ...]) -> Schedule:
-    return Schedule(r[0], r[1], r[2], r[3], _loads(r[4]), _loads(r[5]), r[6], r[7], r[8])
-
-
-class SqliteTx(StoreTx):
-    """Statements on the writer's connection; never suspends."""
+class SqliteTx(SqlTx):
+    """The shared SQL on the writer's connection; never suspends."""
 
     __slots__ = ("c",)
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.c = conn
 
-    async def get_promise(self, id: str) -> Promise | None:
-        r = self.c.execute(f"SELECT {PROMISE_COLS} FROM promises WHERE id = ?", (id,)).fetchone()
-        return None if r is None else _promise(r)
+    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        return self.c.execute(sql, args).fetchall()
 
-    async def insert_promise(self, p: Promise) -> bool:
-        cur = self.c.execute(
-            "INSERT INTO promises (id, state, param, value, tags, target, branch, timeout_at, "
-            "created_at, settled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (
-                p.id,
-                p.state,
-                _dumps(p.param),
-                _dumps(p.value),
-                _dumps(p.tags),
-                p.target,
-                p.branch,
-                p.timeout_at,
-                p.created_at,
-                p.settled_at,
-            ),
-        )
-        return cur.rowcount == 1
+    async def _row(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
+        return self.c.execute(sql, args).fetchone()  # type: ignore[no-any-return]
 
-    async def update_promise(self, p: Promise) -> None:
-        self.c.execute(
-            "UPDATE promises SET state = ?, value = ?, settled_at = ? WHERE id = ?",
-            (p.state, _dumps(p.value), p.settled_at, p.id),
-        )
-
-    async def search_promises(
-        self, state: str | None, tags: Mapping[str, str], limit: int, cursor: str | None
-    ) -> list[Promise]:
-        where, args = ["1"], []
-        if cursor is not None:
-            where.append("id > ?")
-            args.append(cursor)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if tags:
-            where.append(TAG_MATCH.format(col="tags"))
-            args.append(_dumps(tags))
-        sql = f"SELECT {PROMISE_COLS} FROM promises WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        return [_promise(r) for r in self.c.execute(sql, (*args, limit))]
-
-    async def branch_promises(self, branch: str, exclude_id: str) -> list[Promise]:
-        return [
-            _promise(r)
-            for r in self.c.execute(
-                f"SELECT {PROMISE_COLS} FROM promises WHERE branch = ? AND id != ? ORDER BY id",
-                (branch, exclude_id),
-            )
-        ]
-
-    async def due_promises(self, now: int, limit: int) -> list[Promise]:
-        return [
-            _promise(r)
-            for r in self.c.execute(
-                f"SELECT {PROMISE_COLS} FROM promises WHERE state = ? AND target IS NOT NULL "
-                "AND timeout_at <= ? ORDER BY timeout_at LIMIT ?",
-                (PENDING, now, limit),
-            )
-        ]
-
-    async def get_task(self, id: str) -> Task | None:
-        r = self.c.execute(f"SELECT {TASK_COLS} FROM tasks WHERE id = ?", (id,)).fetchone()
-        return None if r is None else _task(r)
-
-    async def insert_task(self, t: Task) -> None:
-        self.c.execute(
-            f"INSERT INTO tasks ({TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (t.id, t.state, t.version, t.timeout_at, t.timeout_type, t.pid, t.ttl),
-        )
-
-    async def update_task(self, t: Task) -> None:
-        self.c.execute(
-            "UPDATE tasks SET state = ?, version = ?, timeout_at = ?, timeout_type = ?, pid = ?, "
-            "ttl = ? WHERE id = ?",
-            (t.state, t.version, t.timeout_at, t.timeout_type, t.pid, t.ttl, t.id),
-        )
-
-    async def search_tasks(self, state: str | None, limit: int, cursor: str | None) -> list[Task]:
-        where, args = ["1"], []
-        if cursor is not None:
-            where.append("id > ?")
-            args.append(cursor)
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        sql = f"SELECT {TASK_COLS} FROM tasks WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        return [_task(r) for r in self.c.execute(sql, (*args, limit))]
-
-    async def due_tasks(self, now: int, limit: int) -> list[Task]:
-        return [
-            _task(r)
-            for r in self.c.execute(
-                f"SELECT {TASK_COLS} FROM tasks WHERE timeout_at IS NOT NULL AND timeout_at <= ? "
-                "ORDER BY timeout_at LIMIT ?",
-                (now, limit),
-            )
-        ]
-
-    async def resumes(self, task_id: str) -> int:
-        r = self.c.execute(
-            "SELECT COUNT(*) FROM callbacks WHERE awaiter = ? AND ready", (task_id,)
-        ).fetchone()
-        return int(r[0])
-
-    async def insert_callback(self, awaited: str, awaiter: str, ready: bool) -> None:
-        self.c.execute(
-            "INSERT INTO callbacks (awaited, awaiter, ready) VALUES (?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (awaited, awaiter, ready),
-        )
-
-    async def ready_callbacks(self, awaited: str) -> list[str]:
-        return [
-            r[0]
-            for r in self.c.execute(
-                "UPDATE callbacks SET ready = 1 WHERE awaited = ? RETURNING awaiter", (awaited,)
-            )
-        ]
-
-    async def delete_callbacks(self, awaiter: str, ready_only: bool) -> None:
-        sql = "DELETE FROM callbacks WHERE awaiter = ?" + (" AND ready" if ready_only else "")
-        self.c.execute(sql, (awaiter,))
-
-    async def insert_listener(self, promise_id: str, address: str) -> None:
-        self.c.execute(
-            "INSERT INTO listeners (promise_id, address) VALUES (?, ?) ON CONFLICT DO NOTHING",
-            (promise_id, address),
-        )
-
-    async def pop_listeners(self, promise_id: str) -> list[str]:
-        return [
-            r[0]
-            for r in self.c.execute(
-                "DELETE FROM listeners WHERE promise_id = ? RETURNING address", (promise_id,)
-            )
-        ]
-
-    async def put_execute(self, task_id: str, version: int, address: str) -> None:
-        self.c.execute(
-            "INSERT INTO outgoing_execute (task_id, version, address) VALUES (?, ?, ?) "
-            "ON CONFLICT (task_id) DO UPDATE SET version = excluded.version, "
-            "address = excluded.address",
-            (task_id, version, address),
-        )
-
-    async def put_unblock(self, promise_id: str, address: str) -> None:
-        self.c.execute(
-            "INSERT INTO outgoing_unblock (promise_id, address) VALUES (?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (promise_id, address),
-        )
-
-    async def take_messages(self, limit: int) -> list[Message]:
-        out = [
-            Message(r[2], "execute", task_id=r[0], version=r[1])
-            for r in self.c.execute(
-                "DELETE FROM outgoing_execute WHERE task_id IN "
-                "(SELECT task_id FROM outgoing_execute LIMIT ?) "
-                "RETURNING task_id, version, address",
-                (limit,),
-            ).fetchall()
-        ]
-        rows = self.c.execute(
-            "DELETE FROM outgoing_unblock WHERE rowid IN (SELECT rowid FROM outgoing_unblock "
-            "LIMIT ?) RETURNING promise_id, address",
-            (limit,),
-        ).fetchall()
-        for promise_id, address in rows:
-            prom = await self.get_promise(promise_id)
-            if prom is not None:
-                out.append(Message(address, "unblock", promise=prom))
-        return out
-
-    async def get_schedule(self, id: str) -> Schedule | None:
-        r = self.c.execute(f"SELECT {SCHEDULE_COLS} FROM schedules WHERE id = ?", (id,)).fetchone()
-        return None if r is None else _schedule(r)
-
-    async def insert_schedule(self, s: Schedule) -> bool:
-        cur = self.c.execute(
-            f"INSERT INTO schedules ({SCHEDULE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (
-                s.id,
-                s.cron,
-                s.promise_id,
-                s.promise_timeout,
-                _dumps(s.promise_param),
-                _dumps(s.promise_tags),
-                s.created_at,
-                s.next_run_at,
-                s.last_run_at,
-            ),
-        )
-        return cur.rowcount == 1
-
-    async def update_schedule(self, s: Schedule) -> None:
-        self.c.execute(
-            "UPDATE schedules SET next_run_at = ?, last_run_at = ? WHERE id = ?",
-            (s.next_run_at, s.last_run_at, s.id),
-        )
-
-    async def delete_schedule(self, id: str) -> bool:
-        return self.c.execute("DELETE FROM schedules WHERE id = ?", (id,)).rowcount == 1
-
-    async def search_schedules(
-        self, tags: Mapping[str, str], limit: int, cursor: str | None
-    ) -> list[Schedule]:
-        where, args = ["1"], []
-        if cursor is not None:
-            where.append("id > ?")
-            args.append(cursor)
-        if tags:
-            where.append(TAG_MATCH.format(col="promise_tags"))
-            args.append(_dumps(tags))
-        sql = (
-            f"SELECT {SCHEDULE_COLS} FROM schedules WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
-        )
-        return [_schedule(r) for r in self.c.execute(sql, (*args, limit))]
-
-    async def due_schedules(self, now: int, limit: int) -> list[Schedule]:
-        return [
-            _schedule(r)
-            for r in self.c.execute(
-                f"SELECT {SCHEDULE_COLS} FROM schedules WHERE next_run_at <= ? "
-                "ORDER BY next_run_at LIMIT ?",
-                (now, limit),
-            )
-        ]
-
-    async def reset(self) -> None:
-        for table in schema.TABLES:
-            self.c.execute(f"DELETE FROM {table}")
-
-    async def snapshot(self) -> Snapshot:
-        c = self.c
-        return Snapshot(
-            promises=[
-                _promise(r) for r in c.execute(f"SELECT {PROMISE_COLS} FROM promises ORDER BY id")
-            ],
-            tasks=[_task(r) for r in c.execute(f"SELECT {TASK_COLS} FROM tasks ORDER BY id")],
-            callbacks=[
-                (a, w, bool(r))
-                for a, w, r in c.execute(
-                    "SELECT awaited, awaiter, ready FROM callbacks ORDER BY awaiter, awaited"
-                )
-            ],
-            listeners=list(
-                c.execute("SELECT promise_id, address FROM listeners ORDER BY promise_id, address")
-            ),
-            executes=list(
-                c.execute("SELECT task_id, version, address FROM outgoing_execute ORDER BY task_id")
-            ),
-            unblocks=list(
-                c.execute(
-                    "SELECT promise_id, address FROM outgoing_unblock ORDER BY promise_id, address"
-                )
-            ),
-            schedules=[
-                _schedule(r)
-                for r in c.execute(f"SELECT {SCHEDULE_COLS} FROM schedules ORDER BY id")
-            ],
-        )
+    async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
+        return self.c.execute(sql, args).rowcount
 
 
 Job = tuple[Callable[[SqliteTx], Awaitable[Any]], "asyncio.Future[Any]"]
@@ -395,17 +137,7 @@ class SqliteStore(Store):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA busy_timeout = 5000")
-        dialect = sqlite_dialect.dialect()
-        conn.execute("BEGIN IMMEDIATE")
-        for table in schema.metadata.sorted_tables:
-            conn.execute(str(CreateTable(table, if_not_exists=True).compile(dialect=dialect)))
-            for index in table.indexes:
-                conn.execute(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
-        conn.execute(
-            "INSERT INTO resonate_schema (version) VALUES (?) ON CONFLICT DO NOTHING",
-            (schema.SCHEMA_VERSION,),
-        )
-        conn.execute("COMMIT")
+        migrate(conn)
         return conn
 
     def _run(self, opened: asyncio.Future[None]) -> None:
