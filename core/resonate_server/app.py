@@ -26,7 +26,15 @@ from .config import Settings
 from .engine import Ctx, StateChange
 from .plugins import PluginManager
 from .records import execute_message, unblock_message
-from .store import Message, Store, StoreBackend, StoreError, StoreTx, StoreUnavailable
+from .store import (
+    Message,
+    Store,
+    StoreBackend,
+    StoreDataError,
+    StoreError,
+    StoreTx,
+    StoreUnavailable,
+)
 from .transport import Transport
 
 log = logging.getLogger("resonate.server")
@@ -189,6 +197,8 @@ class Server:
         except StoreUnavailable as e:
             log.warning("store unavailable for %s: %s", env.kind, e)
             status, data = 503, f"Store unavailable: {e}"
+        except StoreDataError as e:
+            status, data = 400, f"Invalid request: {e}"
         except StoreError as e:
             log.error("store error for %s: %s", env.kind, e)
             status, data = 500, f"Internal error: {e}"
@@ -238,8 +248,9 @@ class Server:
     # --- background work ---------------------------------------------------------------------
 
     async def _timeouts_loop(self) -> None:
+        health = _LoopHealth("timeout processing")
         while True:
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(health.delay(self.poll_interval))
             if self.paused:
                 continue
             try:
@@ -248,17 +259,19 @@ class Server:
                     done = await self.transact(c, lambda tx, c=c: engine.process_timeouts(tx, c))
                     if done < 1000:
                         break
+                health.ok()
             except StoreError as e:
-                log.warning("timeout processing failed, will retry: %s", e)
+                health.failed(e)
 
     async def _messages_loop(self) -> None:
         """Claim outbox messages (deleting them) and hand them to transports.
 
         Wakes when a transaction queued a message, else every ``messages.poll_interval``.
         """
+        health = _LoopHealth("message delivery")
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._outbox.wait(), self.message_interval)
+                await asyncio.wait_for(self._outbox.wait(), health.delay(self.message_interval))
             self._outbox.clear()
             if self.paused:
                 continue
@@ -271,8 +284,9 @@ class Server:
                         await self.deliver(message)
                     if len(batch) < self.message_batch:
                         break
+                health.ok()
             except StoreError as e:
-                log.warning("message delivery failed, will retry: %s", e)
+                health.failed(e)
 
     async def deliver(self, message: Message) -> str:
         """Send one claimed message; returns its outcome (``pending`` when still in flight)."""
@@ -289,15 +303,24 @@ class Server:
             outcome = "dropped"
         else:
             try:
-                outcome = "success" if await transport.send(address, body) else "dropped"
+                sent = await transport.send(address, body)
             except Exception as e:
                 log.warning("delivery of %s to %s failed: %s", message.kind, message.address, e)
                 outcome = "error"
-        if self._observe_deliveries:
-            self.pm.hook.resonate_message_delivered(
-                kind=message.kind, address=message.address, outcome=outcome
-            )
+            else:
+                if sent is None:
+                    return "pending"
+                outcome = "success" if sent else "dropped"
+        self.report_delivery(message.kind, message.address, outcome)
         return outcome
+
+    def report_delivery(self, kind: str, address: str, outcome: str) -> None:
+        """Record the final outcome of one message (``success``, ``error`` or ``dropped``).
+
+        Transports whose ``send`` returned None call this once the delivery is decided.
+        """
+        if self._observe_deliveries:
+            self.pm.hook.resonate_message_delivered(kind=kind, address=address, outcome=outcome)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -336,6 +359,31 @@ class Server:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(runner.cleanup(), max(0.5, deadline - loop.time()))
         log.info("shutdown complete")
+
+
+class _LoopHealth:
+    """Backoff and quiet logging for a background loop while the store fails."""
+
+    MAX_DELAY = 5.0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.failures = 0
+
+    def delay(self, normal: float) -> float:
+        if not self.failures:
+            return normal
+        return min(self.MAX_DELAY, normal * 2 ** min(self.failures, 10))
+
+    def failed(self, error: Exception) -> None:
+        if not self.failures:
+            log.warning("%s failing, backing off until the store answers: %s", self.name, error)
+        self.failures += 1
+
+    def ok(self) -> None:
+        if self.failures:
+            log.info("%s recovered after %d failed attempts", self.name, self.failures)
+        self.failures = 0
 
 
 def build_server(settings: Settings, pm: PluginManager) -> Server:

@@ -15,6 +15,7 @@ import orjson
 
 from . import __version__
 from .config import ConfigError, Setting, Settings, load_settings
+from .config import reference_table as settings_reference
 from .plugins import PluginManager
 from .plugins import load as load_plugins
 
@@ -149,10 +150,18 @@ def build_cli(pm: PluginManager) -> click.Group:
             click.echo(f"{i.name} ({i.dist or '?'} {i.version or '?'}): {', '.join(i.hooks)}")
 
     @cli.command("config")
+    @click.option(
+        "--reference",
+        is_flag=True,
+        help="Print the reference table of every setting (Markdown) and exit.",
+    )
     @config_option
     @_setting_options(schema)
-    def config_cmd(config: str | None, **kwargs: Any) -> None:
+    def config_cmd(reference: bool, config: str | None, **kwargs: Any) -> None:
         """Show every setting's value and where it came from (secrets masked)."""
+        if reference:
+            click.echo(settings_reference(schema))
+            return
         try:
             settings = _settings(pm, config, kwargs)
             pm.validate(settings)
@@ -160,6 +169,46 @@ def build_cli(pm: PluginManager) -> click.Group:
             _fail(str(e))
         for key, shown, source in settings.describe():
             click.echo(f"{key} = {shown}  ({source})")
+
+    @cli.command()
+    @click.argument("action", type=click.Choice(["status", "apply"]))
+    @config_option
+    @_setting_options(schema)
+    def migrate(action: str, config: str | None, **kwargs: Any) -> None:
+        """Show (status) or apply (apply) the selected store's schema migrations."""
+        from .schema import MIGRATIONS
+        from .store import StoreError
+
+        try:
+            settings = _settings(pm, config, kwargs)
+            pm.validate(settings)
+            backend = pm.select_store(settings)
+        except ConfigError as e:
+            _fail(str(e))
+        store = backend.factory(settings.section(f"aio.store.{backend.name}"), settings)
+        names = {m.version: m.description for m in MIGRATIONS}
+
+        async def run() -> None:
+            await store.start(migrate=False)
+            try:
+                if action == "apply":
+                    done = await store.apply_migrations()
+                    for v in done:
+                        click.echo(f"applied {v}: {names[v]}")
+                    if not done:
+                        click.echo("nothing to apply")
+                applied, pending = await store.schema_versions()
+                for v in applied:
+                    click.echo(f"{v} applied  {names.get(v, '(unknown to this version)')}")
+                for v in pending:
+                    click.echo(f"{v} pending  {names[v]}")
+            finally:
+                await store.close()
+
+        try:
+            asyncio.run(run())
+        except StoreError as e:
+            _fail(str(e), 1)
 
     add_client_commands(cli)
     pm.hook.resonate_cli_commands(cli=cli)

@@ -117,8 +117,8 @@ class Setting:
     def show(self, value: Any) -> str:
         if self.secret and value:
             return "********"
-        if self.type is Duration and not isinstance(value, str):
-            return f"{value:g}s"
+        if self.type is Duration:
+            return value if isinstance(value, str) else f"{value:g}s"
         return (
             repr(value)
             if isinstance(value, str)
@@ -253,3 +253,12 @@ def load_settings(
                 raise ConfigError(f"invalid value for '{key}' from {origin(key)}{shown}") from None
             sources[key] = origin(key)
     return Settings(values, schema, sources, path)
+
+
+def reference_table(schema: Iterable[Setting]) -> str:
+    """The Markdown table of every setting (key, flag, environment variable, default, meaning)."""
+    lines = ["| key | flag | environment variable | default | meaning |", "|---|---|---|---|---|"]
+    for s in sorted(schema, key=lambda s: s.key):
+        default = "" if s.secret else s.show(s.default)
+        lines.append(f"| `{s.key}` | `{s.flag}` | `{s.env}` | `{default}` | {s.help} |")
+    return "\n".join(lines)

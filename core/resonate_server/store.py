@@ -25,6 +25,10 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached now (answered 503; the server keeps running)."""
 
 
+class StoreDataError(StoreError):
+    """The database cannot store a value the client sent (answered 400)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """An outbox message claimed for delivery."""
@@ -173,8 +177,19 @@ class Store(ABC):
     """A database the server runs on."""
 
     @abstractmethod
-    async def start(self) -> None:
-        """Connect and create or migrate the schema."""
+    async def start(self, migrate: bool = True) -> None:
+        """Connect; with ``migrate``, apply pending schema migrations first.
+
+        Without ``migrate`` the store only connects (``resonate migrate status`` uses this).
+        """
+
+    async def schema_versions(self) -> tuple[list[int], list[int]]:
+        """(applied, pending) migration versions of :data:`resonate_server.schema.MIGRATIONS`."""
+        raise StoreError(f"{type(self).__name__} does not report schema versions")
+
+    async def apply_migrations(self) -> list[int]:
+        """Apply pending migrations (safe when several servers do it at once); return them."""
+        raise StoreError(f"{type(self).__name__} does not apply migrations")
 
     @abstractmethod
     async def close(self) -> None:

@@ -14,7 +14,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from resonate_server import schema
 from resonate_server.sqltx import SqlTx
@@ -82,6 +82,13 @@ class SqliteTx(SqlTx):
 Job = tuple[Callable[[SqliteTx], Awaitable[Any]], "asyncio.Future[Any]"]
 
 
+class RawJob(NamedTuple):
+    """Work on the connection itself, outside any batch transaction (migrations)."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    fut: asyncio.Future[Any]
+
+
 class SqliteStore(Store):
     """The store; see the module docstring for the concurrency model."""
 
@@ -89,12 +96,13 @@ class SqliteStore(Store):
         self.path = path
         self.synchronous = synchronous
         self.batch_size = batch_size
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | RawJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._failed: BaseException | None = None
+        self._migrate = True
 
-    async def start(self) -> None:
+    async def start(self, migrate: bool = True) -> None:
+        self._migrate = migrate
         self._loop = asyncio.get_running_loop()
         opened: asyncio.Future[None] = self._loop.create_future()
         self._thread = threading.Thread(
@@ -120,6 +128,29 @@ class SqliteStore(Store):
 
         await self.transact(probe)
 
+    async def schema_versions(self) -> tuple[list[int], list[int]]:
+        async def read(tx: StoreTx) -> list[int]:
+            assert isinstance(tx, SqliteTx)
+            exists = tx.c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'resonate_schema'"
+            ).fetchone()
+            if exists is None:
+                return []
+            return [r[0] for r in tx.c.execute("SELECT version FROM resonate_schema")]
+
+        applied = sorted(await self.transact(read))
+        return applied, [m.version for m in schema.pending(set(applied))]
+
+    async def apply_migrations(self) -> list[int]:
+        return await self._raw(migrate)
+
+    async def _raw(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the writer's connection outside any batch transaction."""
+        assert self._loop is not None
+        fut: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(RawJob(fn, fut))
+        return await fut
+
     async def transact(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
         if self._thread is None or not self._thread.is_alive():
             raise StoreUnavailable("the SQLite store is closed")
@@ -137,7 +168,8 @@ class SqliteStore(Store):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA busy_timeout = 5000")
-        migrate(conn)
+        if self._migrate:
+            migrate(conn)
         return conn
 
     def _run(self, opened: asyncio.Future[None]) -> None:
@@ -156,6 +188,9 @@ class SqliteStore(Store):
             job = self._queue.get()
             if job is None:
                 break
+            if isinstance(job, RawJob):
+                self._run_raw(conn, job)
+                continue
             batch = [job]
             while len(batch) < self.batch_size:
                 try:
@@ -165,10 +200,26 @@ class SqliteStore(Store):
                 if nxt is None:
                     stop = True
                     break
+                if isinstance(nxt, RawJob):
+                    outcomes = self._commit(conn, tx, batch)
+                    loop.call_soon_threadsafe(_deliver, outcomes)
+                    batch = []
+                    self._run_raw(conn, nxt)
+                    continue
                 batch.append(nxt)
+            if not batch:
+                continue
             outcomes = self._commit(conn, tx, batch)
             loop.call_soon_threadsafe(_deliver, outcomes)
         conn.close()
+
+    def _run_raw(self, conn: sqlite3.Connection, job: RawJob) -> None:
+        assert self._loop is not None
+        try:
+            outcome = (job.fut, job.fn(conn), None)
+        except Exception as e:
+            outcome = (job.fut, None, StoreError(f"SQLite error: {e}"))
+        self._loop.call_soon_threadsafe(_deliver, [outcome])
 
     def _commit(
         self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[Job]

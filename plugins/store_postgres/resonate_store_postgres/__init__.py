@@ -1,0 +1,3 @@
+"""The PostgreSQL store for resonate-server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,83 @@
+"""Registers the PostgreSQL store (``aio.store.postgres``), selected with its ``enable`` key.
+
+The seed's keys (enable, host, port, database, username, password, query) are declared by the
+core so that they parse even without this plugin; this plugin adds the tuning keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from resonate_server import Duration, Setting, hookimpl
+from resonate_server.config import Settings
+from resonate_server.store import Store, StoreBackend
+
+
+def _factory(section: Mapping[str, Any], settings: Mapping[str, Any]) -> Store:
+    from .store import PostgresStore
+
+    return PostgresStore(
+        host=section["host"],
+        port=section["port"],
+        database=section["database"],
+        username=section["username"],
+        password=section["password"],
+        query=section["query"],
+        pool_size=section["pool_size"],
+        connect_timeout=section["connect_timeout"],
+        migrate=section["migrate"],
+        retries=section["retries"],
+    )
+
+
+@hookimpl
+def resonate_store_backends() -> list[StoreBackend]:
+    return [
+        StoreBackend(
+            "postgres",
+            "PostgreSQL (recommended for production).",
+            _factory,
+            dist="resonate-store-postgres",
+        )
+    ]
+
+
+@hookimpl
+def resonate_config_settings() -> list[Setting]:
+    return [
+        Setting(
+            "aio.store.postgres.pool_size",
+            int,
+            10,
+            "Connections kept open to PostgreSQL (requests beyond it wait).",
+            minimum=1,
+        ),
+        Setting(
+            "aio.store.postgres.connect_timeout",
+            Duration,
+            "5s",
+            "How long opening a connection may take before the request gets 503.",
+        ),
+        Setting(
+            "aio.store.postgres.migrate",
+            bool,
+            True,
+            "Apply pending schema migrations at start (else refuse to start until "
+            "`resonate migrate apply` ran).",
+        ),
+        Setting(
+            "aio.store.postgres.retries",
+            int,
+            5,
+            "Times a transaction is retried after a serialization failure or deadlock.",
+            minimum=0,
+        ),
+    ]
+
+
+@hookimpl
+def resonate_config_validate(settings: Settings) -> list[str]:
+    if settings["aio.store.postgres.enable"] and not settings["aio.store.postgres.host"]:
+        return ["'aio.store.postgres.host' must be set when the postgres store is enabled"]
+    return []
