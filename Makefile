@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PACKAGES := -e core -e plugins/store_sqlite -e plugins/store_postgres -e plugins/health -e plugins/transport_poll -e plugins/transport_http
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve dev test lint format clean
+.PHONY: install serve dev test lint format clean interop-setup interop
 
 $(STAMP): pyproject.toml core/pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,21 @@ serve: install
 dev: install
 	$(VENV)/bin/resonate dev $(ARGS)
 
-test: install
+interop-setup:
+	bash tests/interop/setup.sh
+
+interop: install interop-setup
+	$(PY) -m pytest tests/interop $(PYTEST_ARGS)
+
+# The whole suite on SQLite (it also starts throwaway PostgreSQL clusters for the
+# PostgreSQL-specific tests), then the store-independent suites again on PostgreSQL.
+PG_SUITES := tests/conformance tests/interop tests/test_concurrency.py tests/test_lifecycle.py tests/test_health.py
+
+test: install interop-setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --store postgres $(PG_SUITES) $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
@@ -37,4 +48,4 @@ format: install
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .interop tests/interop/ts/node_modules

@@ -28,7 +28,9 @@ PROTOCOL_VERSION = "2026-04-01"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--store", default="sqlite", help="store plugin the server runs on (sqlite)")
+    parser.addoption(
+        "--store", default="sqlite", help="store the servers run on: sqlite or postgres"
+    )
 
 
 def free_port() -> int:
@@ -217,12 +219,35 @@ class ServerProcess:
                 self.proc.wait(5)
 
 
+_clusters: dict[str, Any] = {}
+_databases: dict[Path, str] = {}
+
+
+def pg_cluster(config: pytest.Config) -> Any:
+    """The session's throwaway PostgreSQL cluster, started on first use."""
+    from .pg import PostgresCluster
+
+    if "pg" not in _clusters:
+        cluster = PostgresCluster().start()
+        config.add_cleanup(cluster.destroy)
+        _clusters["pg"] = cluster
+    return _clusters["pg"]
+
+
 def store_args(config: pytest.Config, workdir: Path) -> list[str]:
-    """CLI flags that put a fresh server on the store selected by ``--store``."""
+    """CLI flags that put a server on the store selected by ``--store``.
+
+    Servers started in the same ``workdir`` share one database, so a restart sees its data.
+    """
     store = config.getoption("--store")
     if store == "sqlite":
         return ["--aio-store-sqlite-path", str(workdir / "resonate.db")]
-    raise pytest.UsageError(f"unknown --store {store!r}")
+    if store == "postgres":
+        cluster = pg_cluster(config)
+        if workdir not in _databases:
+            _databases[workdir] = cluster.create_database()
+        return list(cluster.flags(_databases[workdir]))
+    raise pytest.UsageError(f"unknown --store {store!r} (sqlite or postgres)")
 
 
 @pytest.fixture

@@ -117,7 +117,9 @@ def test_hook_resonate_transports(example_server: ServerProcess, make_server: An
     assert received[0]["message"]["data"] == {"task": {"id": "ex1", "version": 0}}
     assert received[0]["message"]["head"]["serverUrl"].startswith("http://")
 
-    plain = make_server(env={"RESONATE_LOAD_PLUGINS": "store_sqlite,health"}).client()
+    plain = make_server(
+        env={"RESONATE_LOAD_PLUGINS": "store_sqlite,store_postgres,health"}
+    ).client()
     rejected = plain.call(
         "promise.create",
         {"id": "ex1", "timeoutAt": T_FAR, "tags": {"resonate:target": "example://sink"}},

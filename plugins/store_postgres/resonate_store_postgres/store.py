@@ -46,6 +46,7 @@ DISCONNECTED = (
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a server shutdown
     ConnectionError,
     OSError,
     asyncio.TimeoutError,

@@ -1,0 +1,208 @@
+"""PostgreSQL-specific behaviour (always runs, on throwaway clusters).
+
+The seed's command line and YAML, migrations racing at start, the password kept out of every
+message, and a database outage while the server runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ServerProcess, pg_cluster
+from .pg import PostgresCluster
+from .test_plugin_hooks import resonate
+
+FAR = 2**62
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest) -> PostgresCluster:
+    return pg_cluster(request.config)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[PostgresCluster]:
+    """A cluster of this test's own, which the test may stop and start."""
+    c = PostgresCluster().start()
+    yield c
+    c.destroy()
+
+
+def test_seed_command_line_starts_on_postgres(make_server: Any, cluster: PostgresCluster) -> None:
+    cluster.psql("CREATE ROLE resonate LOGIN PASSWORD 'secret'")
+    db = cluster.create_database()
+    cluster.psql(f'ALTER DATABASE "{db}" OWNER TO resonate')
+    s = make_server(
+        "--aio-store-postgres-enable",
+        "--aio-store-postgres-host",
+        cluster.host,
+        "--aio-store-postgres-port",
+        str(cluster.port),
+        "--aio-store-postgres-database",
+        db,
+        "--aio-store-postgres-username",
+        "resonate",
+        "--aio-store-postgres-password",
+        "secret",
+        "--log-level",
+        "debug",
+        store=False,
+    )
+    c = s.client()
+    assert c.get("/healthz").body == {"status": "ok", "store": "postgres"}
+    assert c.call("promise.create", {"id": "p", "timeoutAt": FAR}).status == 200
+    assert cluster.psql("SELECT state FROM promises WHERE id = 'p'", db) == "pending"
+    assert "secret" not in s.log()
+
+
+def test_seed_yaml_starts_on_postgres(
+    make_server: Any, cluster: PostgresCluster, workdir: Path
+) -> None:
+    db = cluster.create_database()
+    (workdir / "resonate.yaml").write_text(
+        "aio:\n  store:\n    postgres:\n      enable: true\n"
+        f'      host: "{cluster.host}"\n      port: {cluster.port}\n'
+        f'      database: "{db}"\n      username: "postgres"\n      password: "secret"\n'
+        '      query: "sslmode=disable"\n      pool_size: 3\n'
+    )
+    c = make_server(store=False).client()
+    assert c.get("/healthz").body == {"status": "ok", "store": "postgres"}
+    assert c.call("promise.create", {"id": "y", "timeoutAt": FAR}).status == 200
+
+
+def test_password_never_in_errors(cluster: PostgresCluster, workdir: Path) -> None:
+    out = resonate(
+        "serve",
+        "--aio-store-postgres-enable",
+        "--aio-store-postgres-host",
+        cluster.host,
+        "--aio-store-postgres-port",
+        str(cluster.port),
+        "--aio-store-postgres-database",
+        "does_not_exist",
+        "--aio-store-postgres-username",
+        "nobody",
+        "--aio-store-postgres-password",
+        "hunter2-secret",
+        "--api-http-port",
+        "0",
+        cwd=workdir,
+    )
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("resonate: error: cannot connect to PostgreSQL at "), last
+    assert "hunter2-secret" not in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_servers_starting_at_once_migrate_once(make_server: Any, cluster: PostgresCluster) -> None:
+    db = cluster.create_database()
+    flags = cluster.flags(db)
+    servers: list[ServerProcess] = [make_server(*flags, store=False, wait=False) for _ in range(3)]
+    for s in servers:
+        s.wait_ready()
+    assert cluster.psql("SELECT string_agg(version::text, ',') FROM resonate_schema", db) == "1"
+    out = resonate("migrate", "status", *flags)
+    assert out.stdout.splitlines() == ["1 applied  initial schema"], out.stderr
+
+
+def test_migrate_off_refuses_a_stale_schema(cluster: PostgresCluster, workdir: Path) -> None:
+    flags = cluster.flags(cluster.create_database())
+    out = resonate(
+        "serve", *flags, "--no-aio-store-postgres-migrate", "--api-http-port", "0", cwd=workdir
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        "resonate: error: the database schema needs migrations [1]: run `resonate migrate "
+        "apply` (or set aio.store.postgres.migrate)"
+    )
+    assert resonate("migrate", "status", *flags).stdout.splitlines() == [
+        "1 pending  initial schema"
+    ]
+    assert resonate("migrate", "apply", *flags).stdout.splitlines() == [
+        "applied 1: initial schema",
+        "1 applied  initial schema",
+    ]
+
+
+def test_outage_gives_503_and_recovers(make_server: Any, private_cluster: PostgresCluster) -> None:
+    db = private_cluster.create_database()
+    s = make_server(*private_cluster.flags(db), "--health-timeout", "1s", store=False)
+    c = s.client()
+    acked = {}
+    for i in range(20):
+        reply = c.call("promise.create", {"id": f"before-{i}", "timeoutAt": FAR})
+        assert reply.status == 200
+        acked[f"before-{i}"] = reply.data["promise"]
+
+    private_cluster.pg_ctl("stop")
+    healthz = c.get("/healthz")
+    assert healthz.status == 503 and healthz.body["status"] == "unavailable"
+    reply = c.call("promise.create", {"id": "during", "timeoutAt": FAR})
+    assert reply.status == 503
+    assert reply.data.startswith("Store unavailable: ")
+    assert "Traceback" not in reply.data
+    time.sleep(1.5)  # the background loops keep failing meanwhile; the server must stay up
+    assert s.proc is not None and s.proc.poll() is None
+
+    private_cluster.pg_ctl("start")
+    deadline = time.monotonic() + 15
+    while c.get("/healthz").status != 200:
+        assert time.monotonic() < deadline, "the server did not reconnect"
+        time.sleep(0.1)
+    for pid, record in acked.items():
+        got = c.call("promise.get", {"id": pid})
+        assert got.status == 200 and got.data["promise"] == record
+    assert c.call("promise.create", {"id": "after", "timeoutAt": FAR}).status == 200
+    log = s.log()
+    assert "Traceback" not in log
+    assert log.count("backing off") <= 2, "background loops should log an outage once each"
+
+
+def test_outage_under_load_loses_no_acknowledged_write(
+    make_server: Any, private_cluster: PostgresCluster
+) -> None:
+    db = private_cluster.create_database()
+    s = make_server(*private_cluster.flags(db), store=False)
+    acked: dict[str, dict[str, Any]] = {}
+    statuses: set[int] = set()
+    unexpected: list[Any] = []
+    stop = threading.Event()
+
+    def load(n: int) -> None:
+        c = s.client()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            reply = c.call("promise.create", {"id": f"w{n}-{i}", "timeoutAt": FAR})
+            statuses.add(reply.status)
+            if reply.status not in (200, 503):
+                unexpected.append((reply.status, reply.data))
+            if reply.status == 200:
+                acked[f"w{n}-{i}"] = reply.data["promise"]
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    private_cluster.pg_ctl("stop")
+    time.sleep(0.5)
+    private_cluster.pg_ctl("start")
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert statuses <= {200, 503}, unexpected[:5]
+    c = s.client()
+    missing = [
+        pid
+        for pid, rec in acked.items()
+        if c.call("promise.get", {"id": pid}).data != {"promise": rec}
+    ]
+    assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
