@@ -38,6 +38,7 @@ from .store import (
 from .transport import Transport
 
 log = logging.getLogger("resonate.server")
+request_log = logging.getLogger("resonate.request")
 
 LEGACY_PREFIXES = ("/promises", "/schedules", "/tasks")
 LEGACY_BODY = orjson.dumps(
@@ -94,6 +95,11 @@ class Server:
         self._observe_requests = bool(pm.hook.resonate_request_finished.get_hookimpls())
         self._observe_changes = bool(pm.hook.resonate_state_changes.get_hookimpls())
         self._observe_deliveries = bool(pm.hook.resonate_message_delivered.get_hookimpls())
+        self._log_requests = bool(settings["log.requests"]) and request_log.isEnabledFor(
+            logging.INFO
+        )
+        self._boot = int(time.time())
+        self._request_seq = 0
         self.app = self._build_app()
 
     # --- assembly ----------------------------------------------------------------------------
@@ -163,7 +169,7 @@ class Server:
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
-        kind, status = "unknown", 500
+        kind, corr_id, status = "unknown", "0", 500
         try:
             kind, corr_id, status, data = await self._dispatch(request)
             body = proto.render(kind, corr_id, status, data)
@@ -172,9 +178,26 @@ class Server:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
+            duration = time.perf_counter() - started
             if self._observe_requests:
-                self.pm.hook.resonate_request_finished(
-                    kind=kind, status=status, duration=time.perf_counter() - started
+                self.pm.hook.resonate_request_finished(kind=kind, status=status, duration=duration)
+            if self._log_requests:
+                self._request_seq += 1
+                request_log.info(
+                    "%s %d %.2fms corrId=%s",
+                    kind,
+                    status,
+                    duration * 1000,
+                    corr_id,
+                    extra={
+                        "fields": {
+                            "kind": kind,
+                            "status": status,
+                            "duration_ms": round(duration * 1000, 3),
+                            "request_id": f"{self._boot:x}-{self._request_seq:x}",
+                            "corr_id": corr_id,
+                        }
+                    },
                 )
 
     async def _dispatch(self, request: web.Request) -> tuple[str, str, int, Any]:

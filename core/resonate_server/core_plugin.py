@@ -51,6 +51,12 @@ def resonate_config_settings() -> list[Setting]:
             choices=("text", "json"),
         ),
         Setting(
+            "log.requests",
+            bool,
+            True,
+            "Log one line per RPC request (kind, status, duration, request id) at info.",
+        ),
+        Setting(
             "tasks.retry_timeout",
             Duration,
             "30s",

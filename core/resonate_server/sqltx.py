@@ -320,6 +320,15 @@ class SqlTx(StoreTx):
         )
         return [schedule_row(r) for r in rows]
 
+    async def count_states(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for table in ("promises", "tasks"):
+            rows = await self._rows(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")
+            out[table] = {r[0]: int(r[1]) for r in rows}
+        r = await self._row("SELECT COUNT(*) FROM schedules")
+        out["schedules"] = {"active": int(r[0]) if r is not None else 0}
+        return out
+
     # --- debug ---------------------------------------------------------------------------------
 
     async def reset(self) -> None:

@@ -164,6 +164,11 @@ class StoreTx(ABC):
     @abstractmethod
     async def due_schedules(self, now: int, limit: int) -> list[Schedule]: ...
 
+    @abstractmethod
+    async def count_states(self) -> dict[str, dict[str, int]]:
+        """Rows per state: ``{"promises": {state: n}, "tasks": {state: n}, "schedules":
+        {"active": n}}``. A full count: for start-up, not for every scrape."""
+
     # debug
     @abstractmethod
     async def reset(self) -> None:
