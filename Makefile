@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PACKAGES := -e core -e plugins/store_sqlite -e plugins/store_postgres -e plugins/health -e plugins/transport_poll -e plugins/transport_http
+PACKAGES := -e core -e plugins/store_sqlite -e plugins/store_postgres -e plugins/health -e plugins/transport_poll -e plugins/transport_http -e plugins/metrics
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve dev test lint format clean interop-setup interop

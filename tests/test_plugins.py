@@ -46,6 +46,7 @@ def test_plugins_command_lists_name_version_and_hooks() -> None:
     assert set(lines) == {
         "core",
         "health",
+        "metrics",
         "store_postgres",
         "store_sqlite",
         "transport_http",
@@ -57,6 +58,7 @@ def test_plugins_command_lists_name_version_and_hooks() -> None:
     assert {p["name"]: p["distribution"] for p in listed} == {
         "core": "resonate-server-core",
         "health": "resonate-health",
+        "metrics": "resonate-metrics",
         "store_sqlite": "resonate-store-sqlite",
         "store_postgres": "resonate-store-postgres",
         "transport_http": "resonate-transport-http",
@@ -76,7 +78,7 @@ def test_load_plugins_filter_names_a_missing_plugin() -> None:
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "resonate: error: RESONATE_LOAD_PLUGINS names nope, which is not installed "
-        "(installed: health, store_postgres, store_sqlite, transport_http, transport_poll)"
+        "(installed: health, metrics, store_postgres, store_sqlite, transport_http, transport_poll)"
     )
 
 
