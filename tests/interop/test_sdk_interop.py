@@ -7,12 +7,15 @@ its own server process. The durable functions are in ``py/interop_py.py`` and
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import time
 from collections import Counter
 
 import pytest
 
+from ..test_plugin_hooks import resonate
 from .harness import Interop
 
 WORKERS = "workers"
@@ -193,3 +196,25 @@ def test_server_restart(interop: Interop, how: str) -> None:
         if done[1] == 2:  # only for the documented cause: a request lost to the restart
             assert '"error_type":"connection_error"' in worker.output(), rows
         assert fields(rows, "done")[-1] == 2, rows
+
+
+def test_resonate_invoke(interop: Interop) -> None:
+    """`resonate invoke` starts a function registered by an SDK worker, from the shell."""
+    interop.worker(WORKERS)
+    out = resonate(
+        "invoke",
+        "invoked1",
+        "--func",
+        "steps",
+        "--arg",
+        "4",
+        "--target",
+        WORKERS,
+        "-S",
+        interop.server.url,
+    )
+    assert out.returncode == 0, out.stderr
+    record = interop.settled("invoked1")
+    assert record["state"] == "resolved", record
+    assert json.loads(base64.b64decode(record["value"]["data"])) == [1, 3, 6, 10]
+    assert fields(interop.lines("invoked1"), "done") == [1, 2, 3, 4]
