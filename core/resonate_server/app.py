@@ -24,6 +24,7 @@ from . import protocol as proto
 from .addresses import BUILTIN_SCHEMES, parse
 from .config import Settings
 from .engine import Ctx, StateChange
+from .logs import RequestLog
 from .plugins import PluginManager
 from .records import execute_message, unblock_message
 from .store import (
@@ -38,7 +39,6 @@ from .store import (
 from .transport import Transport
 
 log = logging.getLogger("resonate.server")
-request_log = logging.getLogger("resonate.request")
 
 LEGACY_PREFIXES = ("/promises", "/schedules", "/tasks")
 LEGACY_BODY = orjson.dumps(
@@ -95,8 +95,11 @@ class Server:
         self._observe_requests = bool(pm.hook.resonate_request_finished.get_hookimpls())
         self._observe_changes = bool(pm.hook.resonate_state_changes.get_hookimpls())
         self._observe_deliveries = bool(pm.hook.resonate_message_delivered.get_hookimpls())
-        self._log_requests = bool(settings["log.requests"]) and request_log.isEnabledFor(
-            logging.INFO
+        self.request_log = (
+            RequestLog(settings["log.format"])
+            if settings["log.requests"]
+            and logging.getLogger(RequestLog.LOGGER).isEnabledFor(logging.INFO)
+            else None
         )
         self._boot = int(time.time())
         self._request_seq = 0
@@ -130,6 +133,8 @@ class Server:
             await _maybe_await(result)
         self._tasks.append(asyncio.create_task(self._timeouts_loop(), name="timeouts"))
         self._tasks.append(asyncio.create_task(self._messages_loop(), name="messages"))
+        if self.request_log is not None:
+            self._tasks.append(asyncio.create_task(self._flush_loop(), name="request-log"))
         self.accepting = True
 
     async def stop_background(self) -> None:
@@ -181,23 +186,10 @@ class Server:
             duration = time.perf_counter() - started
             if self._observe_requests:
                 self.pm.hook.resonate_request_finished(kind=kind, status=status, duration=duration)
-            if self._log_requests:
+            if self.request_log is not None:
                 self._request_seq += 1
-                request_log.info(
-                    "%s %d %.2fms corrId=%s",
-                    kind,
-                    status,
-                    duration * 1000,
-                    corr_id,
-                    extra={
-                        "fields": {
-                            "kind": kind,
-                            "status": status,
-                            "duration_ms": round(duration * 1000, 3),
-                            "request_id": f"{self._boot:x}-{self._request_seq:x}",
-                            "corr_id": corr_id,
-                        }
-                    },
+                self.request_log.add(
+                    kind, status, duration, f"{self._boot:x}-{self._request_seq:x}", corr_id
                 )
 
     async def _dispatch(self, request: web.Request) -> tuple[str, str, int, Any]:
@@ -285,6 +277,15 @@ class Server:
                 health.ok()
             except StoreError as e:
                 health.failed(e)
+
+    async def _flush_loop(self) -> None:
+        assert self.request_log is not None
+        try:
+            while True:
+                await asyncio.sleep(0.1)
+                self.request_log.flush()
+        finally:
+            self.request_log.flush()
 
     async def _messages_loop(self) -> None:
         """Claim outbox messages (deleting them) and hand them to transports.
@@ -381,6 +382,8 @@ class Server:
         await self.stop_background()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(runner.cleanup(), max(0.5, deadline - loop.time()))
+        if self.request_log is not None:
+            self.request_log.flush()
         log.info("shutdown complete")
 
 
