@@ -153,6 +153,14 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def metrics_off(self) -> list[str]:
+        """``--metrics-port 0`` when the metrics plugin loads (a test's own flag overrides it),
+        so that servers started side by side do not all claim :9090."""
+        only = self.env.get("RESONATE_LOAD_PLUGINS")
+        if only is not None and "metrics" not in {p.strip() for p in only.split(",")}:
+            return []
+        return ["--metrics-port", "0"]
+
     def start(self, wait: bool = True) -> ServerProcess:
         cmd = [
             sys.executable,
@@ -163,6 +171,7 @@ class ServerProcess:
             "127.0.0.1",
             "--api-http-port",
             str(self.port),
+            *self.metrics_off(),
             *self.args,
         ]
         with open(self.log_path, "ab") as log:
