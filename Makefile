@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PACKAGES := -e core -e plugins/store_sqlite -e plugins/store_postgres -e plugins/health -e plugins/transport_poll -e plugins/transport_http -e plugins/metrics
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve dev test lint format clean interop-setup interop
+.PHONY: install serve dev test lint format clean interop-setup interop monitoring-setup
 
 $(STAMP): pyproject.toml core/pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,18 @@ dev: install
 interop-setup:
 	bash tests/interop/setup.sh
 
+monitoring-setup:
+	bash tests/monitoring/setup.sh
+
 interop: install interop-setup
 	$(PY) -m pytest tests/interop $(PYTEST_ARGS)
 
 # The whole suite on SQLite (it also starts throwaway PostgreSQL clusters for the
 # PostgreSQL-specific tests), then the store-independent suites again on PostgreSQL.
-PG_SUITES := tests/conformance tests/interop tests/test_concurrency.py tests/test_lifecycle.py tests/test_health.py
+PG_SUITES := tests/conformance tests/interop tests/test_concurrency.py tests/test_lifecycle.py \
+	tests/test_health.py tests/test_metrics.py tests/test_restart_runbook.py
 
-test: install interop-setup
+test: install interop-setup monitoring-setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

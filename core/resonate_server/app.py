@@ -47,6 +47,13 @@ LEGACY_BODY = orjson.dumps(
 DEBUG_KINDS = frozenset({"debug.start", "debug.stop", "debug.reset", "debug.tick", "debug.snap"})
 
 
+class StartupError(Exception):
+    """The server cannot start (a port taken, a resource missing): a one-line message.
+
+    Plugins raise it from ``resonate_startup``; ``resonate serve`` prints it and exits 1.
+    """
+
+
 class Clock:
     """Wall-clock milliseconds that never go backwards."""
 
@@ -125,7 +132,7 @@ class Server:
         for t in transports:
             for scheme in t.schemes:
                 if scheme in self.transports:
-                    raise StoreError(f"two transports claim the scheme '{scheme}'")
+                    raise StartupError(f"two transports claim the scheme '{scheme}'")
                 self.transports[scheme] = t
             await t.start()
         self.schemes = BUILTIN_SCHEMES | frozenset(self.transports)
@@ -357,7 +364,12 @@ class Server:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start_background()
+        try:
+            await self.start_background()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop_background()
+            raise
         runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
         )
@@ -367,7 +379,7 @@ class Server:
             await site.start()
         except OSError as e:
             await self.stop_background()
-            raise StoreError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+            raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         log.info(
             "resonate server listening on http://%s:%s (store: %s)", host, port, self.backend.name
         )

@@ -71,7 +71,7 @@ def _settings(
 
 def _run_server(pm: PluginManager, settings: Settings) -> None:
     from . import logs
-    from .app import build_server
+    from .app import StartupError, build_server
     from .store import StoreError
 
     logs.setup(settings["log.level"], settings["log.format"])
@@ -82,7 +82,7 @@ def _run_server(pm: PluginManager, settings: Settings) -> None:
         return
     try:
         asyncio.run(server.serve(settings["api.http.host"], settings["api.http.port"]))
-    except StoreError as e:
+    except (StoreError, StartupError) as e:
         _fail(str(e), 1)
 
 
