@@ -39,6 +39,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def resonate(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``resonate`` CLI (``python -m resonate_server``) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "resonate_server", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
 class Reply:
     """One HTTP reply: ``status`` (HTTP), ``body`` (parsed JSON or None), ``raw`` bytes, headers."""
 

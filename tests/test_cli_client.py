@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-from .test_plugin_hooks import resonate
+from .conftest import resonate
 
 
 def decoded(data: str) -> Any:

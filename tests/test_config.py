@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_plugin_hooks import resonate
+from .conftest import resonate
 
 SEED_YAML = """\
 aio:

@@ -11,14 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import ROOT, Client, ServerProcess
+from .conftest import ROOT, Client, ServerProcess, resonate, wait_for
 
 EXAMPLE = ROOT / "tests" / "plugins" / "resonate_example"
 T_FAR = 2**62
@@ -49,19 +48,6 @@ def example_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PYTHONPATH": path}
 
 
-def resonate(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "resonate_server", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        timeout=60,
-    )
-
-
 @pytest.fixture
 def example_server(make_server: Any, example_env: dict[str, str]) -> Iterator[ServerProcess]:
     yield make_server(env=example_env)
@@ -71,16 +57,6 @@ def stats(client: Client) -> dict[str, Any]:
     reply = client.get("/example/stats")
     assert reply.status == 200, reply
     return reply.body  # type: ignore[no-any-return]
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_hook_resonate_store_backends(workdir: Path) -> None:

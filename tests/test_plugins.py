@@ -9,8 +9,7 @@ from pathlib import Path
 
 from resonate_server import hookspecs
 
-from .conftest import ROOT
-from .test_plugin_hooks import resonate
+from .conftest import ROOT, resonate
 
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("resonate_"))
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import ServerProcess, pg_cluster
+from .conftest import ServerProcess, pg_cluster, resonate
 from .pg import PostgresCluster
-from .test_plugin_hooks import resonate
 
 FAR = 2**62
 

@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import ServerProcess
-from .test_plugin_hooks import resonate
+from .conftest import ServerProcess, resonate
 
 
 def sqlite_server(make_server: Any, workdir: Path, *flags: str) -> ServerProcess:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from resonate_transport_http.push import backoff_delay, redact
 
-from .conftest import ROOT, Client, ServerProcess, free_port
+from .conftest import ROOT, Client, ServerProcess, free_port, wait_for
 
 FAR = 2**62
 EXAMPLE = ROOT / "tests" / "plugins" / "resonate_example"
@@ -81,16 +81,6 @@ def stub() -> Iterator[Stub]:
     s = Stub()
     yield s
     s.close()
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def target(c: Client, pid: str, address: str) -> None:

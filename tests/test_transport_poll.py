@@ -16,7 +16,7 @@ import pytest
 from resonate_server.addresses import Address, parse
 from resonate_transport_poll.hub import Hub
 
-from .conftest import Client, ServerProcess
+from .conftest import Client, ServerProcess, wait_for
 
 FAR = 2**62
 
@@ -146,16 +146,6 @@ def outbox(c: Client) -> list[Any]:
     snap = c.call("debug.snap", {})
     assert snap.status == 200, snap
     return snap.data["messages"]  # type: ignore[no-any-return]
-
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_stream_headers_and_frames(server: ServerProcess) -> None:

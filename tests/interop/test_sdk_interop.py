@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from ..test_plugin_hooks import resonate
+from ..conftest import resonate
 from .harness import Interop
 
 WORKERS = "workers"
