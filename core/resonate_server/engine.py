@@ -135,19 +135,21 @@ async def try_timeout(tx: StoreTx, c: Ctx, promise_ids: Iterable[str]) -> dict[s
     Returns the promises as they stand afterwards (``None`` for missing ids).
     """
     found: dict[str, Promise | None] = {}
-    expired: list[Promise] = []
     for pid in promise_ids:
-        if pid in found:
-            continue
-        prom = await tx.get_promise(pid)
-        found[pid] = prom
-        if prom is not None and prom.pending and c.now >= prom.timeout_at:
-            prom.state = timeout_state(prom)
-            prom.settled_at = prom.timeout_at
-            expired.append(prom)
+        if pid not in found:
+            found[pid] = await tx.get_promise(pid)
+    await expire_due(tx, c, [x for x in found.values() if x is not None])
+    return found
+
+
+async def expire_due(tx: StoreTx, c: Ctx, promises: list[Promise]) -> None:
+    """Settle, as one batch, those of ``promises`` that are pending past their timeout."""
+    expired = [x for x in promises if x.pending and c.now >= x.timeout_at]
+    for prom in expired:
+        prom.state = timeout_state(prom)
+        prom.settled_at = prom.timeout_at
     if expired:
         await settle_all(tx, c, expired)
-    return found
 
 
 async def settle(tx: StoreTx, c: Ctx, prom: Promise, state: str, value: dict[str, Any]) -> None:
@@ -273,11 +275,16 @@ async def insert_new(
 
 
 async def create_promise(tx: StoreTx, c: Ctx, req: CreateReq) -> Promise:
-    """Create ``req`` unless it exists (first write wins); return the record after ghost timeout."""
-    existing = (await try_timeout(tx, c, [req.id]))[req.id]
-    if existing is not None:
-        return existing
-    return await insert_new(tx, c, new_promise(req, c.now))
+    """Create ``req`` unless it exists (first write wins); return the record after ghost timeout.
+
+    Inserting first costs one statement for a new id; an existing one is read back and given
+    its ghost timeout, which is what reading it first would have done.
+    """
+    prom = new_promise(req, c.now)
+    stored = await insert_new(tx, c, prom)
+    if stored is not prom:
+        await expire_due(tx, c, [stored])
+    return stored
 
 
 # --- promise operations ----------------------------------------------------------------------
