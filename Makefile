@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PACKAGES := -e core -e plugins/store_sqlite -e plugins/store_postgres -e plugins/health -e plugins/transport_poll -e plugins/transport_http -e plugins/metrics
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve dev test lint format clean interop-setup interop monitoring-setup
+.PHONY: install serve dev test lint format clean interop-setup interop monitoring-setup bench
 
 $(STAMP): pyproject.toml core/pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ interop-setup:
 
 monitoring-setup:
 	bash tests/monitoring/setup.sh
+
+bench: install interop-setup
+	$(PY) -m bench $(ARGS)
 
 interop: install interop-setup
 	$(PY) -m pytest tests/interop $(PYTEST_ARGS)

@@ -1,0 +1,89 @@
+"""The no-storage ceiling: an aiohttp server doing the envelope work of ``promise.create``
+and nothing else.
+
+It parses and validates the envelope and the create data with the server's own code
+(:mod:`resonate_server.protocol`, :mod:`resonate_server.engine`), builds the promise record
+and renders the reply, exactly as ``POST /`` does, but stores nothing. ``create`` against it
+is the most the HTTP layer plus the envelope work allow on this machine; the benchmark reports
+the real server's ``create`` throughput as a fraction of it.
+
+    python -m bench.ceiling --host 127.0.0.1 --port 9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import time
+
+from aiohttp import web
+from resonate_server import engine
+from resonate_server import protocol as proto
+from resonate_server.addresses import BUILTIN_SCHEMES
+
+
+def build_app() -> web.Application:
+    clock = [0]
+
+    def now() -> int:
+        t = int(time.time() * 1000)
+        if t > clock[0]:
+            clock[0] = t
+        return clock[0]
+
+    async def rpc(request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            env = proto.parse_envelope(body)
+        except proto.EnvelopeError as e:
+            return web.Response(
+                body=proto.render(e.kind, e.corr_id, e.status, e.message),
+                status=e.status,
+                content_type="application/json",
+            )
+        c = engine.Ctx(now(), 30_000, BUILTIN_SCHEMES, env.corr_id)
+        try:
+            if env.kind != "promise.create":
+                raise proto.RpcError(400, "the ceiling server only answers promise.create")
+            req = engine.parse_promise_create(env.data, c)
+            status, data = 200, {"promise": engine.new_promise(req, c.now).to_wire()}
+        except proto.RpcError as e:
+            status, data = e.status, e.message
+        return web.Response(
+            body=proto.render(env.kind, env.corr_id, status, data),
+            status=status,
+            content_type="application/json",
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application(client_max_size=10 * 2**20)
+    app.router.add_post("/", rpc)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def serve(host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(build_app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="no-storage ceiling server for the benchmark")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    args = p.parse_args()
+    asyncio.run(serve(args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

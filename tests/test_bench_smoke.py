@@ -1,0 +1,61 @@
+"""A short run of the benchmark tool (``python -m bench --smoke``) so that it keeps working.
+
+The benchmark is not a test: nothing here looks at a timing. It checks that every workload
+ran against a real server on SQLite, produced a result with a positive throughput, and saw
+no error (a non-2xx reply or a broken connection).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every row a smoke run must produce: (workload, store).
+EXPECTED = [
+    ("ceiling", "none"),
+    ("create", "sqlite"),
+    ("create-rate", "sqlite"),
+    ("create-settle", "sqlite"),
+    ("get", "sqlite"),
+    ("task", "sqlite"),
+    ("sdk", "sqlite"),
+    ("scale-get", "sqlite"),
+    ("scale-create", "sqlite"),
+    ("sse-idle", "sqlite"),
+]
+
+
+@pytest.mark.timeout(180)
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out), "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    assert report["failures"] == []
+    rows = {(r["workload"], r["store"]): r for r in report["results"]}
+    missing = [key for key in EXPECTED if key not in rows]
+    assert not missing, f"no result for {missing}:\n{proc.stderr}"
+    for key in EXPECTED:
+        r = rows[key]
+        assert r["errors"] == 0, f"{key}: {r['errors']} errors: {r['error_kinds']}"
+        if key[0] == "sse-idle":
+            assert r["extra"]["open"] == r["extra"]["connections"] > 0, r
+        else:
+            assert r["ops"] > 0 and r["throughput"] > 0, f"{key}: nothing measured: {r}"
+        assert r["server_rss_mb"] > 0, f"{key}: no server RSS: {r}"
+    assert report["ceiling"]["sqlite"] > 0
+    # The table printed for people names every workload.
+    for workload, _ in EXPECTED:
+        assert f"| {workload} |" in proc.stdout
