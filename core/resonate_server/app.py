@@ -169,8 +169,19 @@ class Server:
         )
 
     async def transact(self, c: Ctx, fn: Callable[[StoreTx], Awaitable[Any]]) -> Any:
-        """Run ``fn`` in a transaction; report state changes once it committed."""
-        result = await self.store.transact(fn)
+        """Run ``fn`` in a transaction; report state changes once it committed.
+
+        A store may run ``fn`` more than once (a retried deadlock, a re-run batch); only the
+        attempt that committed is reported.
+        """
+
+        async def attempt(tx: StoreTx) -> Any:
+            if c.changes:
+                c.changes.clear()
+            c.outbox = False
+            return await fn(tx)
+
+        result = await self.store.transact(attempt)
         if c.outbox:
             self._outbox.set()
         if c.changes:

@@ -1,9 +1,11 @@
 """SQLite store: one connection owned by one writer thread, with group commit.
 
 Requests queue their transaction functions; the writer takes every queued one (up to
-``batch_size``), runs each inside its own SAVEPOINT within one ``BEGIN IMMEDIATE`` transaction,
-commits once, and only then completes the callers' futures. Every acknowledged write is
-therefore on disk (``synchronous=FULL`` by default), while concurrent requests share one fsync.
+``batch_size``), runs them one after another in one ``BEGIN IMMEDIATE`` transaction, commits
+once, and only then completes the callers' futures. Every acknowledged write is therefore on
+disk (``synchronous=FULL`` by default), while concurrent requests share one fsync. Should any
+function raise, the batch is rolled back and run again with each function in its own SAVEPOINT,
+so one failure never undoes another caller's work.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class SqliteTx(SqlTx):
 
 
 Job = tuple[Callable[[SqliteTx], Awaitable[Any]], "asyncio.Future[Any]"]
+Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
 class RawJob(NamedTuple):
@@ -221,18 +224,35 @@ class SqliteStore(Store):
             outcome = (job.fut, None, StoreError(f"SQLite error: {e}"))
         self._loop.call_soon_threadsafe(_deliver, [outcome])
 
-    def _commit(
+    def _commit(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[Job]) -> list[Outcome]:
+        """Run ``batch`` in one transaction without savepoints; if any job raises, roll back
+        and run the batch again with each job isolated (:meth:`_commit_isolated`)."""
+        live = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            err = StoreUnavailable(f"SQLite database unavailable: {e}")
+            return [(fut, None, err) for _, fut in live]
+        outcomes: list[Outcome] = []
+        try:
+            for fn, fut in live:
+                outcomes.append((fut, run_to_completion(fn(tx)), None))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            return self._commit_isolated(conn, tx, live)
+        return self._finish(conn, outcomes)
+
+    def _commit_isolated(
         self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[Job]
-    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    ) -> list[Outcome]:
+        """Each job in its own SAVEPOINT: a failing one is rolled back alone."""
+        outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
             err = StoreUnavailable(f"SQLite database unavailable: {e}")
             return [(fut, None, err) for _, fut in batch]
         for fn, fut in batch:
-            if fut.cancelled():
-                continue
             conn.execute("SAVEPOINT op")
             try:
                 result = run_to_completion(fn(tx))
@@ -246,6 +266,10 @@ class SqliteStore(Store):
             else:
                 conn.execute("RELEASE op")
                 outcomes.append((fut, result, None))
+        return self._finish(conn, outcomes)
+
+    def _finish(self, conn: sqlite3.Connection, outcomes: list[Outcome]) -> list[Outcome]:
+        """Commit; when the commit fails every caller gets the failure."""
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
