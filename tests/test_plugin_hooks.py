@@ -117,6 +117,16 @@ def test_hook_resonate_request_finished(example_server: ServerProcess) -> None:
     assert all(r["duration"] >= 0 for r in seen)
 
 
+def test_a_failing_observer_is_dropped_not_fatal(example_server: ServerProcess) -> None:
+    """An observer that raises is logged once and skipped; requests are unaffected."""
+    c = example_server.client()
+    assert c.call("example.explode", {}).status == 400
+    assert c.call("promise.get", {"id": "x"}).status == 404
+    assert [r["kind"] for r in stats(c)["requests"]] == []
+    assert example_server.log().count("ignoring it from now on") == 1
+    assert "RuntimeError: an observer that fails" in example_server.log()
+
+
 def test_hook_resonate_state_changes(example_server: ServerProcess) -> None:
     """Creations and settlements are reported once committed, promise and task alike."""
     c = example_server.client()

@@ -99,9 +99,9 @@ class Server:
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
         self.plugin_state: dict[str, Any] = {}  # per-server state plugins share between hooks
-        self._observe_requests = bool(pm.hook.resonate_request_finished.get_hookimpls())
-        self._observe_changes = bool(pm.hook.resonate_state_changes.get_hookimpls())
-        self._observe_deliveries = bool(pm.hook.resonate_message_delivered.get_hookimpls())
+        self._on_request = observers(pm, "resonate_request_finished", self)
+        self._on_changes = observers(pm, "resonate_state_changes", self)
+        self._on_delivery = observers(pm, "resonate_message_delivered", self)
         self.request_log = (
             RequestLog(settings["log.format"])
             if settings["log.requests"]
@@ -164,9 +164,7 @@ class Server:
     # --- request handling --------------------------------------------------------------------
 
     def ctx(self, now: int, corr_id: str = "0") -> Ctx:
-        return Ctx(
-            now, self.retry_timeout, self.schemes, corr_id, [] if self._observe_changes else None
-        )
+        return Ctx(now, self.retry_timeout, self.schemes, corr_id, [] if self._on_changes else None)
 
     async def transact(self, c: Ctx, fn: Callable[[StoreTx], Awaitable[Any]]) -> Any:
         """Run ``fn`` in a transaction; report state changes once it committed.
@@ -185,7 +183,7 @@ class Server:
         if c.outbox:
             self._outbox.set()
         if c.changes:
-            self.pm.hook.resonate_state_changes(changes=c.changes)
+            self._on_changes(changes=c.changes)
         return result
 
     async def handle_rpc(self, request: web.Request) -> web.Response:
@@ -202,8 +200,8 @@ class Server:
             if self.in_flight == 0:
                 self._idle.set()
             duration = time.perf_counter() - started
-            if self._observe_requests:
-                self.pm.hook.resonate_request_finished(kind=kind, status=status, duration=duration)
+            if self._on_request:
+                self._on_request(kind=kind, status=status, duration=duration)
             if self.request_log is not None:
                 self._request_seq += 1
                 self.request_log.add(
@@ -361,8 +359,8 @@ class Server:
 
         Transports whose ``send`` returned None call this once the delivery is decided.
         """
-        if self._observe_deliveries:
-            self.pm.hook.resonate_message_delivered(kind=kind, address=address, outcome=outcome)
+        if self._on_delivery:
+            self._on_delivery(kind=kind, address=address, outcome=outcome)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -408,6 +406,42 @@ class Server:
         if self.request_log is not None:
             self.request_log.flush()
         log.info("shutdown complete")
+
+
+class _Observers:
+    """The implementations of one observation hook, called directly (no pluggy dispatch).
+
+    Each implementation gets the arguments it names (pluggy's rule), ``server`` included; one
+    that raises is logged once and skipped from then on. False when there are none.
+    """
+
+    def __init__(
+        self, name: str, impls: list[tuple[Callable[..., Any], tuple[str, ...]]], server: Server
+    ) -> None:
+        self.name = name
+        self.impls = impls
+        self.server = server
+
+    def __bool__(self) -> bool:
+        return bool(self.impls)
+
+    def __call__(self, **kwargs: Any) -> None:
+        kwargs["server"] = self.server
+        for fn, names in self.impls:
+            try:
+                fn(*[kwargs[n] for n in names])
+            except Exception:
+                log.exception(
+                    "%s observer %s failed; ignoring it from now on",
+                    self.name,
+                    getattr(fn, "__module__", fn),
+                )
+                self.impls = [i for i in self.impls if i[0] is not fn]
+
+
+def observers(pm: PluginManager, name: str, server: Server) -> _Observers:
+    impls = getattr(pm.hook, name).get_hookimpls()
+    return _Observers(name, [(i.function, tuple(i.argnames)) for i in reversed(impls)], server)
 
 
 class _LoopHealth:

@@ -65,16 +65,18 @@ def resonate_routes(server: Server) -> list[tuple[str, str, Any]]:
 
 
 @hookspec
-def resonate_request_finished(kind: str, status: int, duration: float) -> None:
+def resonate_request_finished(server: Server, kind: str, status: int, duration: float) -> None:
     """Observe one RPC request after its reply is ready.
 
     ``kind`` is the request kind as sent (``"unknown"`` for unparseable envelopes), ``status``
-    the HTTP status, ``duration`` seconds spent in the server. Must be fast and never raise.
+    the HTTP status, ``duration`` seconds spent in the server. Must be fast and never raise:
+    the server calls implementations directly (not through pluggy) on every request, and one
+    that raises is logged once and then ignored.
     """
 
 
 @hookspec
-def resonate_state_changes(changes: list[StateChange]) -> None:
+def resonate_state_changes(server: Server, changes: list[StateChange]) -> None:
     """Observe the state transitions one committed transaction made.
 
     Each :class:`~resonate_server.engine.StateChange` names an entity (``"promise"``,
@@ -86,7 +88,7 @@ def resonate_state_changes(changes: list[StateChange]) -> None:
 
 
 @hookspec
-def resonate_message_delivered(kind: str, address: str, outcome: str) -> None:
+def resonate_message_delivered(server: Server, kind: str, address: str, outcome: str) -> None:
     """Observe one outbox message handed to a transport.
 
     ``kind`` is ``"execute"`` or ``"unblock"``; ``outcome`` is ``"success"``, ``"error"`` or

@@ -11,7 +11,6 @@ separate registries.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from typing import Any
@@ -29,19 +28,11 @@ log = logging.getLogger("resonate.metrics")
 STATE_KEY = "metrics"
 # The classic text format, which every Prometheus (and the upstream server) speaks.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_by_loop: dict[asyncio.AbstractEventLoop, ServerMetrics] = {}
 _failed: set[str] = set()  # hooks that raised once already (logged once, then quiet)
 
 
 class MetricsListenError(StartupError):
     """The metrics port cannot be bound; the core turns this into a one-line exit."""
-
-
-def _current() -> ServerMetrics | None:
-    try:
-        return _by_loop.get(asyncio.get_running_loop())
-    except RuntimeError:
-        return None
 
 
 def _hook_failed(name: str, error: Exception) -> None:
@@ -99,7 +90,6 @@ async def _start(server: Server, host: str, port: int) -> None:
             "(set metrics.port to a free port, or 0 to disable metrics)"
         ) from None
     server.plugin_state[STATE_KEY] = (metrics, runner)
-    _by_loop[asyncio.get_running_loop()] = metrics
     log.info("metrics on http://%s:%d/metrics", host, port)
 
 
@@ -124,20 +114,22 @@ def resonate_shutdown(server: Server) -> Any:
     entry = server.plugin_state.pop(STATE_KEY, None)
     if entry is None:
         return None
-    metrics, runner = entry
+    _, runner = entry
 
     async def stop() -> None:
-        for loop, m in list(_by_loop.items()):
-            if m is metrics:
-                del _by_loop[loop]
         await runner.cleanup()
 
     return stop()
 
 
+def _metrics(server: Server) -> ServerMetrics | None:
+    entry = server.plugin_state.get(STATE_KEY)
+    return entry[0] if entry is not None else None
+
+
 @hookimpl
-def resonate_request_finished(kind: str, status: int, duration: float) -> None:
-    m = _current()
+def resonate_request_finished(server: Server, kind: str, status: int, duration: float) -> None:
+    m = _metrics(server)
     if m is None:
         return
     try:
@@ -149,8 +141,8 @@ def resonate_request_finished(kind: str, status: int, duration: float) -> None:
 
 
 @hookimpl
-def resonate_state_changes(changes: list[Any]) -> None:
-    m = _current()
+def resonate_state_changes(server: Server, changes: list[Any]) -> None:
+    m = _metrics(server)
     if m is None:
         return
     try:
@@ -160,8 +152,8 @@ def resonate_state_changes(changes: list[Any]) -> None:
 
 
 @hookimpl
-def resonate_message_delivered(kind: str, address: str, outcome: str) -> None:
-    m = _current()
+def resonate_message_delivered(server: Server, kind: str, address: str, outcome: str) -> None:
+    m = _metrics(server)
     if m is None:
         return
     try:

@@ -70,12 +70,15 @@ def resonate_routes(server: Any) -> list[tuple[str, str, Any]]:
 
 
 @hookimpl
-def resonate_request_finished(kind: str, status: int, duration: float) -> None:
+def resonate_request_finished(server: Any, kind: str, status: int, duration: float) -> None:
+    assert server.settings is not None
+    if kind == "example.explode":
+        raise RuntimeError("an observer that fails")
     STATE["requests"].append({"kind": kind, "status": status, "duration": duration})
 
 
 @hookimpl
-def resonate_state_changes(changes: list[Any]) -> None:
+def resonate_state_changes(changes: list[Any]) -> None:  # may omit arguments it ignores
     STATE["changes"].extend(
         {"entity": c.entity, "id": c.id, "before": c.before, "after": c.after} for c in changes
     )
