@@ -368,8 +368,4 @@ class SqlTx(StoreTx):
                     "SELECT promise_id, address FROM outgoing_unblock ORDER BY promise_id, address"
                 )
             ],
-            schedules=[
-                schedule_row(r)
-                for r in await self._rows(f"SELECT {SCHEDULE_COLS} FROM schedules ORDER BY id")
-            ],
         )

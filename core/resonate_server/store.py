@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .records import Promise, Schedule, Task
@@ -50,7 +50,6 @@ class Snapshot:
     listeners: list[tuple[str, str]]  # (promise id, address)
     executes: list[tuple[str, int, str]]  # (task id, version, address)
     unblocks: list[tuple[str, str]]  # (promise id, address)
-    schedules: list[Schedule] = field(default_factory=list)
 
 
 class StoreTx(ABC):
