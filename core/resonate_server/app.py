@@ -285,11 +285,10 @@ class Server:
             if self.paused:
                 continue
             try:
-                while True:
+                more = True
+                while more:
                     c = self.ctx(self.clock())
-                    done = await self.transact(c, lambda tx, c=c: engine.process_timeouts(tx, c))
-                    if done < 1000:
-                        break
+                    more = await self.transact(c, lambda tx, c=c: engine.process_timeouts(tx, c))
                 health.ok()
             except StoreError as e:
                 health.failed(e)

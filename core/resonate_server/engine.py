@@ -939,17 +939,13 @@ async def fire_schedule(tx: StoreTx, c: Ctx, sched: Schedule) -> Promise | None:
 # --- background work (§3.1) ------------------------------------------------------------------
 
 
-async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> int:
+async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> bool:
     """Expire due promises, re-send due retries, expire due leases, fire due schedules.
 
-    Handles at most ``limit`` of each; returns how many it handled.
+    Handles at most ``limit`` of each; returns True when a limit was reached (more may be due).
     """
     due = await tx.due_promises(c.now, limit)
-    for prom in due:
-        prom.state = timeout_state(prom)
-        prom.settled_at = prom.timeout_at
-    if due:
-        await settle_all(tx, c, due)
+    await expire_due(tx, c, due)
     tasks = await tx.due_tasks(c.now, limit)
     for task in tasks:
         expected = TASK_PENDING if task.timeout_type == RETRY else TASK_ACQUIRED
@@ -961,7 +957,7 @@ async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> int:
     schedules = await tx.due_schedules(c.now, limit)
     for sched in schedules:
         await fire_schedule(tx, c, sched)
-    return len(due) + len(tasks) + len(schedules)
+    return limit in (len(due), len(tasks), len(schedules))
 
 
 async def snapshot(tx: StoreTx) -> dict[str, Any]:
