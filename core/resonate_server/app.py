@@ -265,7 +265,7 @@ class Server:
         if kind == "debug.snap":
             return 200, await self.store.transact(engine.snapshot)
         t = env.data.get("time")
-        if not proto._is_i64(t):
+        if not proto.is_i64(t):
             return 400, "Missing or invalid 'time' field"
         if env.debug_time is not None and env.debug_time != t:
             return 400, "resonate:debug_time must equal data.time"

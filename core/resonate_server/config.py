@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class Setting:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     secret: bool = False
-    aliases: tuple[str, ...] = field(default=())
 
     @property
     def flag(self) -> str:

@@ -107,7 +107,7 @@ def parse_envelope(body: bytes) -> Envelope:
     if auth is not None and not isinstance(auth, str):
         raise fail(f"invalid type: {_type_name(auth)}, expected a string at `head.auth`")
     debug_time = head.get("resonate:debug_time")
-    if debug_time is not None and not _is_i64(debug_time):
+    if debug_time is not None and not is_i64(debug_time):
         raise fail(
             f"invalid type: {_type_name(debug_time)}, expected i64 at `head.resonate:debug_time`"
         )
@@ -144,7 +144,7 @@ def render(kind: str, corr_id: str, status: int, data: Any) -> bytes:
 # --- request-data fields (serde-like strictness; §1.4 "type strictness") --------------------
 
 
-def _is_i64(v: Any) -> bool:
+def is_i64(v: Any) -> bool:
     return type(v) is int and I64_MIN <= v <= I64_MAX
 
 
@@ -165,7 +165,7 @@ def req_int(d: dict[str, Any], key: str, where: str = "") -> int:
     if key not in d:
         raise _invalid(f"missing field `{where}{key}`")
     v = d[key]
-    if not _is_i64(v):
+    if not is_i64(v):
         raise _invalid(f"invalid type: {_type_name(v)}, expected i64 at `{where}{key}`")
     return v
 
@@ -174,7 +174,7 @@ def opt_int(d: dict[str, Any], key: str) -> int | None:
     v = d.get(key)
     if v is None:
         return None
-    if not _is_i64(v):
+    if not is_i64(v):
         raise _invalid(f"invalid type: {_type_name(v)}, expected i64 at `{key}`")
     return v
 

@@ -224,7 +224,6 @@ class StoreBackend:
     name: str
     description: str
     factory: Callable[[Mapping[str, Any], Mapping[str, Any]], Store]
-    dist: str | None = None
 
 
 def run_to_completion(awaitable: Awaitable[T]) -> T:

@@ -38,7 +38,6 @@ def resonate_store_backends() -> list[StoreBackend]:
             "postgres",
             "PostgreSQL (recommended for production).",
             _factory,
-            dist="resonate-store-postgres",
         )
     ]
 

@@ -24,7 +24,6 @@ def resonate_store_backends() -> list[StoreBackend]:
             "sqlite",
             "Embedded SQLite database (WAL); the default store.",
             _factory,
-            dist="resonate-store-sqlite",
         )
     ]
 
