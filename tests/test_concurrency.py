@@ -118,7 +118,9 @@ def test_racing_creates_make_one_task(make_server: Any) -> None:
     assert len({str(r.data["promise"]) for r in replies}) == 1
     snap = s.client().call("debug.snap", {}).data
     assert [t["id"] for t in snap["tasks"]] == ["same"]
-    assert len(snap["messages"]) <= 1
+    assert [m["message"]["data"]["task"] for m in snap["messages"]] == [
+        {"id": "same", "version": 0}
+    ]
 
 
 def test_racing_fenced_settle_and_suspend(make_server: Any) -> None:
