@@ -123,7 +123,7 @@ def test_racing_creates_make_one_task(make_server: Any) -> None:
     ]
 
 
-def test_racing_fenced_settle_and_suspend(make_server: Any) -> None:
+def test_racing_settle_and_suspend(make_server: Any) -> None:
     """Scenario 76: a task never stays suspended on a promise that settled."""
     s = make_server("--debug")
     c = s.client()
