@@ -31,6 +31,7 @@ from .store import (
     Message,
     Store,
     StoreBackend,
+    StoreBusy,
     StoreDataError,
     StoreError,
     StoreTx,
@@ -230,6 +231,9 @@ class Server:
             status, data = 503, f"Store unavailable: {e}"
         except StoreDataError as e:
             status, data = 400, f"Invalid request: {e}"
+        except StoreBusy as e:
+            log.warning("store busy for %s: %s", env.kind, e)
+            status, data = 503, f"Store busy: {e}"
         except StoreError as e:
             log.error("store error for %s: %s", env.kind, e)
             status, data = 500, f"Internal error: {e}"

@@ -5,6 +5,12 @@ two: ``parse_*`` validates request data outside any transaction (raising
 :class:`~resonate_server.protocol.RpcError`), and ``run_*`` runs inside one transaction and
 returns ``(status, data)``. 4xx outcomes found inside the transaction are returned, not raised,
 so that ghost timeouts applied on the way still commit.
+
+Lock order (where the store locks rows, PostgreSQL): an awaited promise before its awaiters,
+and a promise before its own task. The settlement chain runs in that order (settled promise,
+its task, then each awaiter's promise and task), so every operation that touches several rows
+reads them in that order too; otherwise two transactions wait on each other until the
+database aborts one.
 """
 
 from __future__ import annotations
@@ -112,18 +118,19 @@ async def settle_all(tx: StoreTx, c: Ctx, settled: list[Promise]) -> None:
 
 async def _resume(tx: StoreTx, c: Ctx, task_id: str) -> None:
     """A suspended task goes back to pending with a retry timer and an execute message."""
+    owner = await tx.get_promise(task_id)
     task = await tx.get_task(task_id)
     if task is None or task.state != TASK_SUSPENDED:
         return
-    await _make_pending(tx, c, task)
+    await _make_pending(tx, c, task, owner)
 
 
-async def _make_pending(tx: StoreTx, c: Ctx, task: Task) -> None:
+async def _make_pending(tx: StoreTx, c: Ctx, task: Task, owner: Promise | None) -> None:
+    """``owner`` is the task's promise, read (and locked) by the caller before the task."""
     c.changed("task", task.id, task.state, TASK_PENDING)
     task.state = TASK_PENDING
     task.set_timeout(c.now + c.retry_timeout, RETRY, ttl=c.retry_timeout)
     await tx.update_task(task)
-    owner = await tx.get_promise(task.id)
     if owner is not None and owner.target is not None:
         await tx.put_execute(task.id, task.version, owner.target)
         c.outbox = True
@@ -384,7 +391,7 @@ async def run_register_callback(tx: StoreTx, c: Ctx, req: tuple[str, str]) -> Re
         task = await tx.get_task(awaiter_id)
         if task is not None:
             if task.state == TASK_SUSPENDED:
-                await _make_pending(tx, c, task)
+                await _make_pending(tx, c, task, awaiter)
             elif task.state in (TASK_PENDING, TASK_ACQUIRED):
                 await tx.insert_callback(awaited_id, awaiter_id, ready=True)
     return OK, {"promise": awaited.to_wire()}
@@ -568,13 +575,13 @@ def parse_task_release(d: dict[str, Any], c: Ctx) -> tuple[str, int]:
 
 async def run_task_release(tx: StoreTx, c: Ctx, req: tuple[str, int]) -> Reply:
     tid, version = req
-    await try_timeout(tx, c, [tid])
+    owner = (await try_timeout(tx, c, [tid]))[tid]
     task = await tx.get_task(tid)
     if task is None:
         return 404, "Task not found"
     if task.state != TASK_ACQUIRED or task.version != version:
         return 409, "Task version mismatch or invalid state"
-    await _make_pending(tx, c, task)
+    await _make_pending(tx, c, task, owner)
     return OK, {}
 
 
@@ -638,12 +645,11 @@ def parse_task_suspend(d: dict[str, Any], c: Ctx) -> SuspendReq:
 
 
 async def run_task_suspend(tx: StoreTx, c: Ctx, req: SuspendReq) -> Reply:
-    existed = await tx.get_task(req.id) is not None
-    found = await try_timeout(tx, c, [req.id, *req.awaited])
+    found = await try_timeout(tx, c, [*sorted(req.awaited), req.id])
     task = await tx.get_task(req.id)
-    if task is None or task.state != TASK_ACQUIRED or task.version != req.version:
-        if not existed:
-            return 404, "Task not found"
+    if task is None:
+        return 404, "Task not found"
+    if task.state != TASK_ACQUIRED or task.version != req.version:
         return 409, "Task is not acquired or version mismatch"
     awaited = [found[a] for a in req.awaited]
     if any(x is None for x in awaited):
@@ -696,7 +702,7 @@ def parse_task_fence(d: dict[str, Any], c: Ctx) -> FenceReq:
 async def run_task_fence(tx: StoreTx, c: Ctx, req: FenceReq) -> Reply:
     inner = req.create or req.settle
     assert inner is not None
-    found = await try_timeout(tx, c, [req.id, inner.id])
+    found = await try_timeout(tx, c, [inner.id, req.id])
     task = await tx.get_task(req.id)
     if task is None:
         return 404, "Task not found"
@@ -785,13 +791,13 @@ async def run_task_halt(tx: StoreTx, c: Ctx, tid: str) -> Reply:
 
 
 async def run_task_continue(tx: StoreTx, c: Ctx, tid: str) -> Reply:
-    await try_timeout(tx, c, [tid])
+    owner = (await try_timeout(tx, c, [tid]))[tid]
     task = await tx.get_task(tid)
     if task is None:
         return 404, "Task not found"
     if task.state != TASK_HALTED:
         return 409, "Task is not halted"
-    await _make_pending(tx, c, task)
+    await _make_pending(tx, c, task, owner)
     return OK, {}
 
 
@@ -947,10 +953,10 @@ async def process_timeouts(tx: StoreTx, c: Ctx, limit: int = 1000) -> bool:
     due = await tx.due_promises(c.now, limit)
     await expire_due(tx, c, due)
     tasks = await tx.due_tasks(c.now, limit)
-    for task in tasks:
+    for task, owner in tasks:
         expected = TASK_PENDING if task.timeout_type == RETRY else TASK_ACQUIRED
         if task.state == expected:
-            await _make_pending(tx, c, task)
+            await _make_pending(tx, c, task, owner)
         else:
             task.set_timeout(None)
             await tx.update_task(task)

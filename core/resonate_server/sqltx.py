@@ -22,6 +22,9 @@ _loads = orjson.loads
 
 PROMISE_COLS = "id, state, param, value, tags, timeout_at, created_at, settled_at"
 TASK_COLS = "id, state, version, timeout_at, timeout_type, pid, ttl"
+_TASK_PROMISE_COLS = ", ".join(
+    [f"t.{c}" for c in TASK_COLS.split(", ")] + [f"p.{c}" for c in PROMISE_COLS.split(", ")]
+)
 SCHEDULE_COLS = (
     "id, cron, promise_id, promise_timeout, promise_param, promise_tags, created_at, "
     "next_run_at, last_run_at"
@@ -186,13 +189,15 @@ class SqlTx(StoreTx):
         )
         return [task_row(r) for r in rows]
 
-    async def due_tasks(self, now: int, limit: int) -> list[Task]:
+    async def due_tasks(self, now: int, limit: int) -> list[tuple[Task, Promise]]:
         rows = await self._rows(
-            f"SELECT {TASK_COLS} FROM tasks WHERE timeout_at IS NOT NULL AND timeout_at <= ? "
-            f"ORDER BY timeout_at LIMIT ?{self.LOCK}{self.SKIP_LOCKED}",
+            f"SELECT {_TASK_PROMISE_COLS} FROM tasks t JOIN promises p ON p.id = t.id "
+            "WHERE t.timeout_at IS NOT NULL AND t.timeout_at <= ? "
+            f"ORDER BY t.timeout_at LIMIT ?{self.LOCK}{self.SKIP_LOCKED}",
             (now, limit),
         )
-        return [task_row(r) for r in rows]
+        split = len(TASK_COLS.split(", "))
+        return [(task_row(r[:split]), promise_row(r[split:])) for r in rows]
 
     async def resumes(self, task_id: str) -> int:
         r = await self._row(

@@ -25,6 +25,10 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached now (answered 503; the server keeps running)."""
 
 
+class StoreBusy(StoreError):
+    """Concurrent transactions kept conflicting past the store's retries (answered 503)."""
+
+
 class StoreDataError(StoreError):
     """The database cannot store a value the client sent (answered 400)."""
 
@@ -103,8 +107,11 @@ class StoreTx(ABC):
     ) -> list[Task]: ...
 
     @abstractmethod
-    async def due_tasks(self, now: int, limit: int) -> list[Task]:
-        """Tasks whose timer (retry or lease) is at or before ``now``."""
+    async def due_tasks(self, now: int, limit: int) -> list[tuple[Task, Promise]]:
+        """Tasks whose timer (retry or lease) is at or before ``now``, each with its promise.
+
+        Where rows lock, both rows are locked and a pair with either row busy is skipped.
+        """
 
     @abstractmethod
     async def resumes(self, task_id: str) -> int:

@@ -25,6 +25,7 @@ from resonate_server import schema
 from resonate_server.sqltx import SqlTx
 from resonate_server.store import (
     Store,
+    StoreBusy,
     StoreDataError,
     StoreError,
     StoreTx,
@@ -209,7 +210,10 @@ class PostgresStore(Store):
                 return await self._attempt(fn)
             except RETRYABLE as e:
                 if attempt > self.retries:
-                    raise StoreError(f"transaction kept conflicting: {e}") from None
+                    raise StoreBusy(
+                        f"transaction kept conflicting with concurrent ones "
+                        f"({_reason(e)}, {attempt} attempts); retry"
+                    ) from None
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
             except _Stale:
                 if attempt > 2:
