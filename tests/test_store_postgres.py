@@ -6,6 +6,7 @@ message, and a database outage while the server runs.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from resonate_server.records import Promise
+from resonate_server.store import StoreTx
+from resonate_store_postgres.store import PostgresStore
 
 from .conftest import ServerProcess, pg_cluster, resonate
-from .pg import PostgresCluster
+from .pg import SUPERUSER, PostgresCluster
 
 FAR = 2**62
 
@@ -205,3 +209,53 @@ def test_outage_under_load_loses_no_acknowledged_write(
         if c.call("promise.get", {"id": pid}).data != {"promise": rec}
     ]
     assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {missing[:3]}"
+
+
+def test_a_failing_transaction_never_undoes_its_batch(cluster: PostgresCluster) -> None:
+    """Group commit: transactions queued on one lane share a commit; one raising is run alone."""
+    database = cluster.create_database()
+
+    def promise(pid: str) -> Promise:
+        return Promise(pid, "pending", {}, {}, {}, 2**62, 1, None)
+
+    async def main() -> tuple[list[Any], list[str], list[str]]:
+        store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
+        await store.start()
+        runs: list[str] = []
+
+        async def hold(tx: StoreTx) -> str:
+            await asyncio.sleep(0.2)  # keeps the lane busy so that the next ones queue up
+            return "held"
+
+        def create(pid: str, fail: bool = False) -> Any:
+            async def fn(tx: StoreTx) -> str:
+                runs.append(pid)
+                await tx.insert_promise(promise(pid))
+                if fail:
+                    raise RuntimeError("boom")
+                return pid
+
+            return fn
+
+        first = asyncio.ensure_future(store.transact(hold))
+        await asyncio.sleep(0.05)
+        results = await asyncio.gather(
+            store.transact(create("a"), key="a"),
+            store.transact(create("bad", fail=True), key="bad"),
+            store.transact(create("b"), key="b"),
+            return_exceptions=True,
+        )
+        assert await first == "held"
+
+        async def ids(tx: StoreTx) -> list[str]:
+            return sorted(p.id for p in (await tx.snapshot()).promises)
+
+        stored = await store.transact(ids)
+        await store.close()
+        return list(results), runs, stored
+
+    (a, bad, b), runs, stored = asyncio.run(main())
+    assert (a, b) == ("a", "b")
+    assert isinstance(bad, RuntimeError)
+    assert stored == ["a", "b"]
+    assert runs.count("a") == 2, "the batch was run again with each transaction isolated"

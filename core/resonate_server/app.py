@@ -167,7 +167,9 @@ class Server:
     def ctx(self, now: int, corr_id: str = "0") -> Ctx:
         return Ctx(now, self.retry_timeout, self.schemes, corr_id, [] if self._on_changes else None)
 
-    async def transact(self, c: Ctx, fn: Callable[[StoreTx], Awaitable[Any]]) -> Any:
+    async def transact(
+        self, c: Ctx, fn: Callable[[StoreTx], Awaitable[Any]], key: str | None = None
+    ) -> Any:
         """Run ``fn`` in a transaction; report state changes once it committed.
 
         A store may run ``fn`` more than once (a retried deadlock, a re-run batch); only the
@@ -180,7 +182,7 @@ class Server:
             c.outbox = False
             return await fn(tx)
 
-        result = await self.store.transact(attempt)
+        result = await self.store.transact(attempt, key)
         if c.outbox:
             self._outbox.set()
         if c.changes:
@@ -248,7 +250,8 @@ class Server:
         if op is not None:
             parse, run = op
             req = parse(env.data, c)
-            return await self.transact(c, lambda tx: run(tx, c, req))  # type: ignore[no-any-return]
+            key = engine.lock_key(env.data)
+            return await self.transact(c, lambda tx: run(tx, c, req), key)  # type: ignore[no-any-return]
         if env.kind in DEBUG_KINDS:
             if not self.debug:
                 return 403, "Debug operations are disabled"

@@ -1027,3 +1027,17 @@ OPERATIONS: dict[str, tuple[Parse, Run]] = {
     "schedule.delete": (parse_schedule_id, run_schedule_delete),
     "schedule.search": (parse_schedule_search, run_schedule_search),
 }
+
+
+def lock_key(data: dict[str, Any]) -> str | None:
+    """The origin of the promise or task a request is about, for :meth:`Store.transact`.
+
+    Requests about one execution tree share it (the rows they lock belong to one origin);
+    None when the request names no single id.
+    """
+    target = data.get("id", data.get("awaited"))
+    if target is None:
+        action = data.get("action")
+        if isinstance(action, dict) and isinstance(action.get("data"), dict):
+            target = action["data"].get("id")
+    return ids.origin(target) if isinstance(target, str) else None

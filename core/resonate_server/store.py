@@ -211,12 +211,14 @@ class Store(ABC):
         """Return when the database answers; raise :class:`StoreUnavailable` otherwise."""
 
     @abstractmethod
-    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
+    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
         """Run ``fn`` in one transaction and return its result once the commit is durable.
 
         If ``fn`` raises, none of its writes persist and the exception propagates. A store may
         commit the transactions of concurrent callers together (group commit); each caller still
-        sees its own all-or-nothing outcome.
+        sees its own all-or-nothing outcome. ``key`` says what the transaction is about (see
+        :func:`resonate_server.engine.lock_key`): a store may keep transactions with equal keys
+        apart from each other's batches and spread the others.
         """
 
 

@@ -28,6 +28,7 @@ def _factory(section: Mapping[str, Any], settings: Mapping[str, Any]) -> Store:
         connect_timeout=section["connect_timeout"],
         migrate=section["migrate"],
         retries=section["retries"],
+        batch_size=section["batch_size"],
     )
 
 
@@ -49,7 +50,15 @@ def resonate_config_settings() -> list[Setting]:
             "aio.store.postgres.pool_size",
             int,
             10,
-            "Connections kept open to PostgreSQL (requests beyond it wait).",
+            "Connections kept open to PostgreSQL; each commits the transactions queued on it "
+            "together (group commit).",
+            minimum=1,
+        ),
+        Setting(
+            "aio.store.postgres.batch_size",
+            int,
+            64,
+            "Most transactions one connection commits together.",
             minimum=1,
         ),
         Setting(

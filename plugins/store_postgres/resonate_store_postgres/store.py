@@ -1,12 +1,21 @@
-"""PostgreSQL store: SQLAlchemy's async pool over asyncpg, the shared SQL, row locks.
+"""PostgreSQL store: group commit on lanes of long-lived asyncpg connections, row locks.
 
-Each transaction checks a connection out of the SQLAlchemy pool and runs the shared
-:class:`~resonate_server.sqltx.SqlTx` statements on the underlying asyncpg connection (prepared
-and cached per connection) under PostgreSQL's default READ COMMITTED isolation. Rows the engine
-may change are read ``FOR UPDATE``, so two requests racing on one promise or task serialize and
-exactly one wins; deadlocks and serialization failures are retried. A broken connection is
-dropped from the pool and the transaction retried on a fresh one when nothing was committed;
-while the database is down, requests fail fast with :class:`StoreUnavailable` (503).
+The store keeps ``pool_size`` lanes. A lane holds one connection (opened through SQLAlchemy's
+async engine) and a queue: its task takes every queued transaction function (up to
+``batch_size``), runs them one after another in one transaction with the shared
+:class:`~resonate_server.sqltx.SqlTx` statements (prepared and cached per connection), commits
+once, and only then completes the callers' futures. Concurrent requests so share ``BEGIN`` and
+``COMMIT`` and never wait for a pool checkout.
+
+Callers pass a key (the origin of the ids involved): the same key always maps to the same
+lane, so requests about one execution tree run one after another and never wait on each
+other's row locks across batches. Under PostgreSQL's default READ COMMITTED isolation, rows the
+engine may change are read ``FOR UPDATE``, so requests racing on one promise or task serialize
+and exactly one wins. Deadlocks and serialization failures (possible between lanes when keys
+differ but rows are shared) are retried; when a function raises, the batch is rolled back and
+each function runs again alone. A broken connection is replaced and the batch retried when
+nothing was committed; while the database is down, requests fail fast with
+:class:`StoreUnavailable` (503).
 """
 
 from __future__ import annotations
@@ -16,8 +25,9 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 import asyncpg
@@ -34,7 +44,7 @@ from resonate_server.store import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 T = TypeVar("T")
 log = logging.getLogger("resonate.store.postgres")
@@ -118,6 +128,7 @@ class PostgresStore(Store):
         connect_timeout: float = 5.0,
         migrate: bool = True,
         retries: int = 5,
+        batch_size: int = 64,
     ) -> None:
         self.url = connection_url(host, port, database, username, password, query)
         self.where = f"{host}:{port}/{database}"
@@ -125,7 +136,9 @@ class PostgresStore(Store):
         self.connect_timeout = connect_timeout
         self.migrate = migrate
         self.retries = retries
+        self.batch_size = batch_size
         self._engine: AsyncEngine | None = None
+        self._lanes: list[_Lane] = []
 
     async def start(self, migrate: bool = True) -> None:
         self._engine = create_async_engine(
@@ -138,6 +151,9 @@ class PostgresStore(Store):
                 "server_settings": {"application_name": "resonate-server"},
             },
         )
+        self._lanes = [_Lane() for _ in range(self.pool_size)]
+        for lane in self._lanes:
+            lane.task = asyncio.create_task(self._serve(lane), name="resonate-pg-lane")
         try:
             if migrate and self.migrate:
                 applied = await self.apply_migrations()
@@ -155,6 +171,15 @@ class PostgresStore(Store):
             raise
 
     async def close(self) -> None:
+        lanes, self._lanes = self._lanes, []
+        for lane in lanes:
+            if lane.task is not None:
+                lane.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lane.task
+            _fail(list(lane.jobs), StoreUnavailable("the PostgreSQL store is closed"))
+            lane.jobs.clear()
+            await lane.drop()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -200,52 +225,96 @@ class PostgresStore(Store):
 
         return await self.transact(apply)
 
-    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
-        if self._engine is None:
+    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
+        if self._engine is None or not self._lanes:
             raise StoreUnavailable("the PostgreSQL store is closed")
+        if key is None:
+            lane = min(self._lanes, key=lambda x: len(x.jobs))
+        else:
+            lane = self._lanes[hash(key) % len(self._lanes)]
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        lane.jobs.append(_Job(fn, fut))
+        lane.wake.set()
+        return await fut
+
+    async def _serve(self, lane: _Lane) -> None:
+        """A lane's loop: run whatever is queued as one batch, until the store closes."""
+        while True:
+            while not lane.jobs:
+                lane.wake.clear()
+                await lane.wake.wait()
+            batch: list[_Job] = []
+            while lane.jobs and len(batch) < self.batch_size:
+                job = lane.jobs.popleft()
+                if not job.fut.done():
+                    batch.append(job)
+            if batch:
+                await self._run_batch(lane, batch)
+
+    async def _run_batch(self, lane: _Lane, batch: list[_Job]) -> None:
+        """Commit ``batch`` as one transaction, or settle each job's future with its failure.
+
+        Conflicts are retried with backoff; should any function raise, the batch is rolled back
+        and each job runs again alone, so that one failure never undoes another caller's work.
+        """
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(fn)
+                results = await self._attempt(lane, [job.fn for job in batch])
             except RETRYABLE as e:
-                if attempt > self.retries:
-                    raise StoreBusy(
-                        f"transaction kept conflicting with concurrent ones "
-                        f"({_reason(e)}, {attempt} attempts); retry"
-                    ) from None
-                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+                if attempt <= self.retries:
+                    await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+                    continue
+                if len(batch) > 1:
+                    break
+                reason = f"{_reason(e)}, {attempt} attempts"
+                _fail(batch, StoreBusy(f"transaction kept conflicting ({reason}); retry"))
+                return
             except _Stale:
-                if attempt > 2:
-                    raise StoreUnavailable(f"PostgreSQL at {self.where} is unreachable") from None
+                if attempt <= 2:
+                    continue
+                _fail(batch, StoreUnavailable(f"PostgreSQL at {self.where} is unreachable"))
+                return
+            except StoreUnavailable as e:
+                _fail(batch, e)
+                return
+            except asyncio.CancelledError:
+                _fail(batch, StoreUnavailable("the PostgreSQL store is closing"))
+                raise
+            except Exception as e:
+                if len(batch) > 1:
+                    break
+                _fail(batch, e)
+                return
+            for job, result in zip(batch, results, strict=True):
+                if not job.fut.done():
+                    job.fut.set_result(result)
+            return
+        for job in batch:
+            await self._run_batch(lane, [job])
 
-    async def _attempt(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
-        assert self._engine is not None
-        try:
-            sa_conn = await self._engine.connect()
-        except (sa_exc.DBAPIError, *DISCONNECTED) as e:
-            raise StoreUnavailable(
-                f"cannot connect to PostgreSQL at {self.where}: {_reason(e)}"
-            ) from None
+    async def _attempt(
+        self, lane: _Lane, fns: list[Callable[[StoreTx], Awaitable[Any]]]
+    ) -> list[Any]:
+        conn = await self._connect(lane)
         committing = False
         try:
-            raw = await sa_conn.get_raw_connection()
-            conn: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
             tr = conn.transaction()
             await tr.start()
             try:
-                result = await fn(PgTx(conn))
+                tx = PgTx(conn)
+                results = [await fn(tx) for fn in fns]
                 committing = True
                 await tr.commit()
-                return result
+                return results
             except BaseException:
                 if not committing and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await tr.rollback()
                 raise
         except DISCONNECTED as e:
-            with contextlib.suppress(Exception):
-                await sa_conn.invalidate()
+            await lane.drop()
             if committing:
                 raise StoreUnavailable(
                     f"connection to PostgreSQL lost while committing: {_reason(e)}"
@@ -258,13 +327,65 @@ class PostgresStore(Store):
                 raise
             log.error("PostgreSQL error: %s", e)
             raise StoreError(f"PostgreSQL error: {_reason(e)}") from None
-        finally:
+        except BaseException:
+            if conn.is_closed() or conn.is_in_transaction():
+                await lane.drop()
+            raise
+
+    async def _connect(self, lane: _Lane) -> asyncpg.Connection:
+        """The lane's connection, opened through the SQLAlchemy pool when there is none."""
+        if lane.conn is not None and not lane.conn.is_closed():
+            return lane.conn
+        await lane.drop()
+        assert self._engine is not None
+        try:
+            sa_conn = await self._engine.connect()
+            raw = await sa_conn.get_raw_connection()
+        except (sa_exc.DBAPIError, *DISCONNECTED) as e:
+            raise StoreUnavailable(
+                f"cannot connect to PostgreSQL at {self.where}: {_reason(e)}"
+            ) from None
+        lane.sa_conn = sa_conn
+        lane.conn = raw.driver_connection  # type: ignore[assignment]
+        assert lane.conn is not None
+        return lane.conn
+
+
+class _Job(NamedTuple):
+    fn: Callable[[StoreTx], Awaitable[Any]]
+    fut: asyncio.Future[Any]
+
+
+class _Lane:
+    """One connection, its queue of transaction functions, and the task that runs them."""
+
+    __slots__ = ("conn", "jobs", "sa_conn", "task", "wake")
+
+    def __init__(self) -> None:
+        self.jobs: deque[_Job] = deque()
+        self.wake = asyncio.Event()
+        self.sa_conn: AsyncConnection | None = None
+        self.conn: asyncpg.Connection | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def drop(self) -> None:
+        """Give the connection back to SQLAlchemy, discarding it when it may be broken."""
+        sa_conn, self.sa_conn, self.conn = self.sa_conn, None, None
+        if sa_conn is not None:
+            with contextlib.suppress(Exception):
+                await sa_conn.invalidate()
             with contextlib.suppress(Exception):
                 await sa_conn.close()
 
 
+def _fail(batch: list[_Job], error: BaseException) -> None:
+    for job in batch:
+        if not job.fut.done():
+            job.fut.set_exception(error)
+
+
 class _Stale(Exception):
-    """The pooled connection was dead before anything committed: retry on a fresh one."""
+    """The lane's connection was dead before anything committed: retry on a fresh one."""
 
 
 def _reason(e: BaseException) -> str:

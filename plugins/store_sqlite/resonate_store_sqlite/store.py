@@ -154,7 +154,7 @@ class SqliteStore(Store):
         self._queue.put(RawJob(fn, fut))
         return await fut
 
-    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
+    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
         if self._thread is None or not self._thread.is_alive():
             raise StoreUnavailable("the SQLite store is closed")
         assert self._loop is not None
