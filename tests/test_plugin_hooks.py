@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,3 +204,25 @@ def test_hook_resonate_shutdown(
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
     assert marker.read_text() == "stopped after 1 requests"
+
+
+def test_a_hanging_shutdown_hook_cannot_hold_the_server(
+    make_server: Any, example_env: dict[str, str], workdir: Path
+) -> None:
+    """Shutdown stays within api.http.timeout even when a plugin's shutdown hook never ends."""
+    marker = workdir / "stopped.txt"
+    s = make_server(
+        "--example-marker",
+        str(marker),
+        "--example-shutdown-delay",
+        "60",
+        "--api-http-timeout",
+        "1s",
+        env=example_env,
+    )
+    started = time.monotonic()
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert time.monotonic() - started < 10
+    assert not marker.exists()
+    assert "did not stop within the shutdown timeout" in s.log()

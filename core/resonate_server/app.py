@@ -406,7 +406,13 @@ class Server:
         self.accepting = False
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.wait_idle(), max(0.0, deadline - loop.time()))
-        await self.stop_background()
+        try:
+            await asyncio.wait_for(self.stop_background(), max(0.5, deadline - loop.time()))
+        except TimeoutError:
+            log.warning(
+                "background work did not stop within the shutdown timeout (%gs); exiting anyway",
+                self.shutdown_timeout,
+            )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(runner.cleanup(), max(0.5, deadline - loop.time()))
         if self.request_log is not None:

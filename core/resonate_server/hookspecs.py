@@ -133,5 +133,6 @@ def resonate_startup(server: Server) -> Awaitable[None] | None:
 def resonate_shutdown(server: Server) -> Awaitable[None] | None:
     """Run during graceful shutdown, after requests have drained and before the store closes.
 
-    May return a coroutine, which is awaited within the shutdown timeout.
+    May return a coroutine, which is awaited within the shutdown timeout; when the timeout
+    passes first the server exits anyway (logging a warning) without waiting for it.
     """

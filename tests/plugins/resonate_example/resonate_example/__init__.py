@@ -6,6 +6,7 @@ addresses, and observers; ``GET /example/stats`` reports what it saw.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ def resonate_config_settings() -> list[Setting]:
     return [
         Setting("example.greeting", str, "hello", "What `resonate example-hello` prints."),
         Setting("example.marker", str, "", "File written at shutdown, when set."),
+        Setting("example.shutdown_delay", float, 0.0, "Seconds the shutdown hook waits first."),
     ]
 
 
@@ -97,6 +99,7 @@ async def resonate_startup(server: Any) -> None:
 @hookimpl
 def resonate_shutdown(server: Any) -> Any:
     async def write_marker() -> None:
+        await asyncio.sleep(server.settings["example.shutdown_delay"])
         marker = server.settings["example.marker"]
         if marker:
             Path(marker).write_text(f"stopped after {len(STATE['requests'])} requests")
