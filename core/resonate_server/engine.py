@@ -89,17 +89,22 @@ def timeout_state(promise: Promise) -> str:
     return RESOLVED if promise.timer else REJECTED_TIMEDOUT
 
 
-async def settle_all(tx: StoreTx, c: Ctx, settled: list[Promise]) -> None:
+async def settle_all(
+    tx: StoreTx, c: Ctx, settled: list[Promise], known: dict[str, Task] | None = None
+) -> None:
     """Persist already-settled ``settled`` promises and run the chain for them as one batch.
 
     Their tasks are fulfilled first; awaiters fulfilled in this batch are not resumed.
+    ``known`` holds tasks the caller already read (and locked), by id; they are not read again.
     """
     fulfilled: set[str] = set()
     for prom in settled:
         await tx.update_promise(prom)
         c.changed("promise", prom.id, PENDING, prom.state)
         if prom.target is not None:
-            task = await tx.get_task(prom.id)
+            task = known.get(prom.id) if known else None
+            if task is None:
+                task = await tx.get_task(prom.id)
             if task is not None and task.state != TASK_FULFILLED:
                 c.changed("task", task.id, task.state, TASK_FULFILLED)
                 task.state = TASK_FULFILLED
@@ -111,15 +116,13 @@ async def settle_all(tx: StoreTx, c: Ctx, settled: list[Promise]) -> None:
         for awaiter in await tx.ready_callbacks(prom.id):
             if awaiter not in fulfilled:
                 await _resume(tx, c, awaiter)
-        for address in await tx.pop_listeners(prom.id):
-            await tx.put_unblock(prom.id, address)
+        if await tx.unblock_listeners(prom.id):
             c.outbox = True
 
 
 async def _resume(tx: StoreTx, c: Ctx, task_id: str) -> None:
     """A suspended task goes back to pending with a retry timer and an execute message."""
-    owner = await tx.get_promise(task_id)
-    task = await tx.get_task(task_id)
+    owner, task = await tx.get_promise_task(task_id)
     if task is None or task.state != TASK_SUSPENDED:
         return
     await _make_pending(tx, c, task, owner)
@@ -149,21 +152,39 @@ async def try_timeout(tx: StoreTx, c: Ctx, promise_ids: Iterable[str]) -> dict[s
     return found
 
 
-async def expire_due(tx: StoreTx, c: Ctx, promises: list[Promise]) -> None:
+async def load_task(tx: StoreTx, c: Ctx, tid: str) -> tuple[Promise | None, Task | None]:
+    """A task and its promise, read in one statement, after the promise's ghost timeout."""
+    prom, task = await tx.get_promise_task(tid)
+    if prom is not None:
+        await expire_due(tx, c, [prom], None if task is None else {tid: task})
+    return prom, task
+
+
+async def expire_due(
+    tx: StoreTx, c: Ctx, promises: list[Promise], known: dict[str, Task] | None = None
+) -> None:
     """Settle, as one batch, those of ``promises`` that are pending past their timeout."""
     expired = [x for x in promises if x.pending and c.now >= x.timeout_at]
     for prom in expired:
         prom.state = timeout_state(prom)
         prom.settled_at = prom.timeout_at
     if expired:
-        await settle_all(tx, c, expired)
+        await settle_all(tx, c, expired, known)
 
 
-async def settle(tx: StoreTx, c: Ctx, prom: Promise, state: str, value: dict[str, Any]) -> None:
+async def settle(
+    tx: StoreTx,
+    c: Ctx,
+    prom: Promise,
+    state: str,
+    value: dict[str, Any],
+    task: Task | None = None,
+) -> None:
+    """Settle ``prom`` now; ``task`` is its task when the caller already holds it."""
     prom.state = state
     prom.value = value
     prom.settled_at = c.now
-    await settle_all(tx, c, [prom])
+    await settle_all(tx, c, [prom], None if task is None else {prom.id: task})
 
 
 async def preload(tx: StoreTx, prom: Promise | None) -> list[dict[str, Any]]:
@@ -558,8 +579,7 @@ def parse_task_acquire(d: dict[str, Any], c: Ctx) -> AcquireReq:
 
 
 async def run_task_acquire(tx: StoreTx, c: Ctx, req: AcquireReq) -> Reply:
-    prom = (await try_timeout(tx, c, [req.id]))[req.id]
-    task = await tx.get_task(req.id)
+    prom, task = await load_task(tx, c, req.id)
     if task is None or prom is None:
         return 404, "Task not found"
     if task.state != TASK_PENDING:
@@ -575,8 +595,7 @@ def parse_task_release(d: dict[str, Any], c: Ctx) -> tuple[str, int]:
 
 async def run_task_release(tx: StoreTx, c: Ctx, req: tuple[str, int]) -> Reply:
     tid, version = req
-    owner = (await try_timeout(tx, c, [tid]))[tid]
-    task = await tx.get_task(tid)
+    owner, task = await load_task(tx, c, tid)
     if task is None:
         return 404, "Task not found"
     if task.state != TASK_ACQUIRED or task.version != version:
@@ -602,14 +621,13 @@ def parse_task_fulfill(d: dict[str, Any], c: Ctx) -> FulfillReq:
 
 
 async def run_task_fulfill(tx: StoreTx, c: Ctx, req: FulfillReq) -> Reply:
-    prom = (await try_timeout(tx, c, [req.id]))[req.id]
-    task = await tx.get_task(req.id)
+    prom, task = await load_task(tx, c, req.id)
     if task is None or prom is None:
         return 404, "Task not found"
     if task.state != TASK_ACQUIRED or task.version != req.version:
         return 409, "Task version mismatch or invalid state"
     if prom.pending:
-        await settle(tx, c, prom, req.settle.state, req.settle.value)
+        await settle(tx, c, prom, req.settle.state, req.settle.value, task)
     return OK, {"promise": prom.to_wire()}
 
 
@@ -768,16 +786,14 @@ def parse_task_id(d: dict[str, Any], c: Ctx) -> str:
 
 
 async def run_task_get(tx: StoreTx, c: Ctx, tid: str) -> Reply:
-    await try_timeout(tx, c, [tid])
-    task = await tx.get_task(tid)
+    _, task = await load_task(tx, c, tid)
     if task is None:
         return 404, "Task not found"
     return OK, {"task": await task_wire(tx, task)}
 
 
 async def run_task_halt(tx: StoreTx, c: Ctx, tid: str) -> Reply:
-    await try_timeout(tx, c, [tid])
-    task = await tx.get_task(tid)
+    _, task = await load_task(tx, c, tid)
     if task is None:
         return 404, "Task not found"
     if task.state == TASK_FULFILLED:
@@ -791,8 +807,7 @@ async def run_task_halt(tx: StoreTx, c: Ctx, tid: str) -> Reply:
 
 
 async def run_task_continue(tx: StoreTx, c: Ctx, tid: str) -> Reply:
-    owner = (await try_timeout(tx, c, [tid]))[tid]
-    task = await tx.get_task(tid)
+    owner, task = await load_task(tx, c, tid)
     if task is None:
         return 404, "Task not found"
     if task.state != TASK_HALTED:

@@ -22,6 +22,10 @@ _loads = orjson.loads
 
 PROMISE_COLS = "id, state, param, value, tags, timeout_at, created_at, settled_at"
 TASK_COLS = "id, state, version, timeout_at, timeout_type, pid, ttl"
+_N_PROMISE_COLS = len(PROMISE_COLS.split(", "))
+_PROMISE_TASK_COLS = ", ".join(
+    [f"p.{c}" for c in PROMISE_COLS.split(", ")] + [f"t.{c}" for c in TASK_COLS.split(", ")]
+)
 _TASK_PROMISE_COLS = ", ".join(
     [f"t.{c}" for c in TASK_COLS.split(", ")] + [f"p.{c}" for c in PROMISE_COLS.split(", ")]
 )
@@ -169,6 +173,16 @@ class SqlTx(StoreTx):
         r = await self._row(f"SELECT {TASK_COLS} FROM tasks WHERE id = ?{self.LOCK}", (id,))
         return None if r is None else task_row(r)
 
+    async def get_promise_task(self, id: str) -> tuple[Promise | None, Task | None]:
+        r = await self._row(
+            f"SELECT {_PROMISE_TASK_COLS} FROM promises p JOIN tasks t ON t.id = p.id "
+            f"WHERE p.id = ?{self.LOCK}",
+            (id,),
+        )
+        if r is None:
+            return await self.get_promise(id), None
+        return promise_row(r[:_N_PROMISE_COLS]), task_row(r[_N_PROMISE_COLS:])
+
     async def insert_task(self, t: Task) -> None:
         await self._exec(
             f"INSERT INTO tasks ({TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -232,11 +246,17 @@ class SqlTx(StoreTx):
             (promise_id, address),
         )
 
-    async def pop_listeners(self, promise_id: str) -> list[str]:
+    async def unblock_listeners(self, promise_id: str) -> bool:
         rows = await self._rows(
             "DELETE FROM listeners WHERE promise_id = ? RETURNING address", (promise_id,)
         )
-        return [r[0] for r in rows]
+        for (address,) in rows:
+            await self._exec(
+                "INSERT INTO outgoing_unblock (promise_id, address) VALUES (?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (promise_id, address),
+            )
+        return bool(rows)
 
     # --- outbox --------------------------------------------------------------------------------
 
@@ -246,13 +266,6 @@ class SqlTx(StoreTx):
             "ON CONFLICT (task_id) DO UPDATE SET version = excluded.version, "
             "address = excluded.address",
             (task_id, version, address),
-        )
-
-    async def put_unblock(self, promise_id: str, address: str) -> None:
-        await self._exec(
-            "INSERT INTO outgoing_unblock (promise_id, address) VALUES (?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (promise_id, address),
         )
 
     async def take_messages(self, limit: int) -> list[Message]:

@@ -95,6 +95,10 @@ class StoreTx(ABC):
     async def get_task(self, id: str) -> Task | None: ...
 
     @abstractmethod
+    async def get_promise_task(self, id: str) -> tuple[Promise | None, Task | None]:
+        """The promise ``id`` and its task, each None when absent (both read to update)."""
+
+    @abstractmethod
     async def insert_task(self, t: Task) -> None: ...
 
     @abstractmethod
@@ -133,16 +137,16 @@ class StoreTx(ABC):
     async def insert_listener(self, promise_id: str, address: str) -> None: ...
 
     @abstractmethod
-    async def pop_listeners(self, promise_id: str) -> list[str]:
-        """Delete and return the listener addresses of ``promise_id``."""
+    async def unblock_listeners(self, promise_id: str) -> bool:
+        """Move every listener of ``promise_id`` into the outbox as an unblock message.
+
+        True when a message was queued.
+        """
 
     # outbox
     @abstractmethod
     async def put_execute(self, task_id: str, version: int, address: str) -> None:
         """Upsert the task's one pending execute message."""
-
-    @abstractmethod
-    async def put_unblock(self, promise_id: str, address: str) -> None: ...
 
     @abstractmethod
     async def take_messages(self, limit: int) -> list[Message]:

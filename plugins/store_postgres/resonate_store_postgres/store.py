@@ -94,6 +94,16 @@ class PgTx(SqlTx):
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
+    async def unblock_listeners(self, promise_id: str) -> bool:
+        moved = await self._exec(
+            "WITH gone AS (DELETE FROM listeners WHERE promise_id = ? "
+            "RETURNING promise_id, address) "
+            "INSERT INTO outgoing_unblock (promise_id, address) "
+            "SELECT promise_id, address FROM gone ON CONFLICT DO NOTHING",
+            (promise_id,),
+        )
+        return moved > 0
+
 
 def connection_url(
     host: str, port: int, database: str, username: str, password: str, query: str
