@@ -37,7 +37,7 @@ interop: install interop-setup
 
 # The whole suite on SQLite (it also starts throwaway PostgreSQL clusters for the
 # PostgreSQL-specific tests), then the store-independent suites again on PostgreSQL.
-PG_SUITES := tests/conformance tests/interop tests/test_concurrency.py tests/test_lifecycle.py \
+PG_SUITES := tests/conformance tests/differential tests/interop tests/test_concurrency.py tests/test_lifecycle.py \
 	tests/test_health.py tests/test_metrics.py tests/test_restart_runbook.py
 
 test: install interop-setup monitoring-setup

@@ -247,7 +247,11 @@ def parse_create_data(d: dict[str, Any], schemes: frozenset[str], where: str = "
 
 
 def new_promise(req: CreateReq, now: int, created_at: int | None = None) -> Promise:
-    """The record a create would insert at ``now`` (born settled when already timed out)."""
+    """The record a create would insert at ``now`` (born settled when already timed out).
+
+    A promise born timed out is created at its timeout unless ``created_at`` says otherwise
+    (a schedule's promise is created at its occurrence, §3.1).
+    """
     prom = Promise(
         req.id,
         PENDING,
@@ -260,7 +264,9 @@ def new_promise(req: CreateReq, now: int, created_at: int | None = None) -> Prom
     )
     if now >= req.timeout_at:
         prom.state = timeout_state(prom)
-        prom.created_at = prom.settled_at = req.timeout_at
+        prom.settled_at = req.timeout_at
+        if created_at is None:
+            prom.created_at = req.timeout_at
     return prom
 
 
@@ -689,8 +695,10 @@ class FenceReq:
     id: str
     version: int
     kind: str
-    create: CreateReq | None
-    settle: SettleReq | None
+    action_id: str | None  # action.data.id when it is a string
+    create: CreateReq | None = None
+    settle: SettleReq | None = None
+    error: p.RpcError | None = None  # a bad action, answered after the ghost timeout (§1.5)
 
 
 def parse_task_fence(d: dict[str, Any], c: Ctx) -> FenceReq:
@@ -700,28 +708,32 @@ def parse_task_fence(d: dict[str, Any], c: Ctx) -> FenceReq:
     if "data" not in action:
         raise p.bad_request("Invalid request: missing field `action.data`")
     data = action["data"]
-    if isinstance(data, dict) and data.get("id") == tid:
+    action_id = data.get("id") if isinstance(data, dict) else None
+    if action_id == tid:
         raise p.bad_request("Action ID must not equal the task ID")
-    if kind not in ("promise.create", "promise.settle"):
-        raise p.bad_request("Invalid fence action kind")
-    if not isinstance(data, dict):
-        raise p.bad_request("Invalid action data: invalid type, expected a map")
+    req = FenceReq(tid, version, kind, action_id if isinstance(action_id, str) else None)
     try:
+        if kind not in ("promise.create", "promise.settle"):
+            raise p.bad_request("Invalid fence action kind")
+        if not isinstance(data, dict):
+            raise p.bad_request("Invalid action data: invalid type, expected a map")
         if kind == "promise.create":
-            return FenceReq(tid, version, kind, parse_create_data(data, c.schemes), None)
-        return FenceReq(tid, version, kind, None, parse_settle_data(data))
+            req.create = parse_create_data(data, c.schemes)
+        else:
+            req.settle = parse_settle_data(data)
     except p.RpcError as e:
         prefix = "Invalid request: "
         if e.message.startswith(prefix):
-            raise p.bad_request("Invalid action data: " + e.message[len(prefix) :]) from None
-        raise
+            e = p.bad_request("Invalid action data: " + e.message[len(prefix) :])
+        req.error = e
+    return req
 
 
 async def run_task_fence(tx: StoreTx, c: Ctx, req: FenceReq) -> Reply:
-    inner = req.create or req.settle
-    assert inner is not None
-    found = await try_timeout(tx, c, [inner.id, req.id])
+    found = await try_timeout(tx, c, [req.id] if req.action_id is None else [req.action_id, req.id])
     task = await tx.get_task(req.id)
+    if req.error is not None:
+        return req.error.status, req.error.message
     if task is None:
         return 404, "Task not found"
     if task.state != TASK_ACQUIRED or task.version != req.version:

@@ -308,6 +308,14 @@ def test_s58_tick_fires_schedule(rpc: Any) -> None:
     assert_invariants(s2)
 
 
+def test_s58_promise_born_timed_out_is_created_at_its_occurrence(rpc: Any) -> None:
+    """§3.1 step 4: createdAt = fired_at even when the promise is born timed out."""
+    sched_ok(rpc, "s", promise_timeout=1000, tags={"resonate:target": TARGET})
+    tick(rpc, N + 5000)
+    p = get_ok(rpc, f"s-{N}", time=N + 5000)
+    assert (p["state"], p["createdAt"], p["settledAt"]) == ("rejected_timedout", N, N + 1000)
+
+
 def test_s58_template_without_placeholders_and_several_schedules(rpc: Any) -> None:
     """Scenario 58: templates substitute only {{.id}}/{{.timestamp}}; all due schedules fire."""
     sched_ok(rpc, "a", promise_id="job.{{.id}}.at.{{.timestamp}}.{{.id}}")

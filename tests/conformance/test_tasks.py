@@ -762,6 +762,27 @@ def test_s41_fence_create_errors(rpc: Any) -> None:
     assert_invariants(s)
 
 
+def test_s41_fence_bad_action_still_runs_the_ghost_timeout(rpc: Any) -> None:
+    """Scenario 41 (§1.5): the ghost timeout on [id, action.data.id] comes before the kind and
+    data checks, and commits although the fence answers 400."""
+    create_ok(rpc, "a", T + 1000)
+    err(
+        fence(rpc, "x", 0, "promise.get", {"id": "a"}, time=T + 2000),
+        400,
+        "Invalid fence action kind",
+    )
+    a = get_ok(rpc, "a", time=T + 1000)  # an earlier time: only a stored settlement shows
+    assert (a["state"], a["settledAt"]) == ("rejected_timedout", T + 1000)
+
+    task_create_ok(rpc, "b", T + 1000)
+    bad = fence_create_data("b:1", **{"resonate:origin": "other"})
+    err(fence(rpc, "b", 1, "promise.create", bad, time=T + 2000), 400)
+    s = snap(rpc, T + 1000)
+    assert next(p for p in s["promises"] if p["id"] == "b")["state"] == "rejected_timedout"
+    assert next(t for t in s["tasks"] if t["id"] == "b")["state"] == "fulfilled"
+    assert_invariants(s)
+
+
 # --- 42 -------------------------------------------------------------------------------------
 
 

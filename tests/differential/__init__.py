@@ -1,0 +1,1 @@
+"""Randomized differential test: the real server against an in-memory reference model."""
