@@ -7,6 +7,7 @@ message, and a database outage while the server runs.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from resonate_server.records import Promise
 from resonate_server.store import StoreTx
 from resonate_store_postgres.store import PostgresStore
 
-from .conftest import ServerProcess, pg_cluster, resonate
+from .conftest import ServerProcess, pg_cluster, resonate, wait_for
 from .pg import SUPERUSER, PostgresCluster
 
 FAR = 2**62
@@ -259,3 +260,53 @@ def test_a_failing_transaction_never_undoes_its_batch(cluster: PostgresCluster) 
     assert isinstance(bad, RuntimeError)
     assert stored == ["a", "b"]
     assert runs.count("a") == 2, "the batch was run again with each transaction isolated"
+
+
+def test_a_statement_stuck_on_a_lock_gets_503_and_others_go_on(
+    make_server: Any, cluster: PostgresCluster
+) -> None:
+    """A row lock held elsewhere: the request waits statement_timeout, then 503; no 500, no hang."""
+    db = cluster.create_database()
+    s = make_server(*cluster.flags(db), "--aio-store-postgres-statement-timeout", "1s", store=False)
+    c = s.client()
+    assert c.call("promise.create", {"id": "held", "timeoutAt": FAR}).status == 200
+    holder = subprocess.Popen(
+        [
+            "psql",
+            "-h",
+            cluster.host,
+            "-p",
+            str(cluster.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            db,
+            "-c",
+            "BEGIN; SELECT id FROM promises WHERE id = 'held' FOR UPDATE; "
+            "SELECT pg_sleep(6); COMMIT;",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: (
+                cluster.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(6)%' "
+                    "AND state = 'active' AND pid <> pg_backend_pid()",
+                    db,
+                )
+                == "1"
+            )
+        )
+        started = time.monotonic()
+        stuck = c.call("promise.settle", {"id": "held", "state": "resolved"})
+        assert stuck.status == 503, stuck
+        assert "statement_timeout" in stuck.body["data"]
+        assert time.monotonic() - started < 5
+        assert c.call("promise.create", {"id": "free", "timeoutAt": FAR}).status == 200
+    finally:
+        holder.wait(30)
+    done = c.call("promise.settle", {"id": "held", "state": "resolved"})
+    assert done.status == 200 and done.body["data"]["promise"]["state"] == "resolved"
+    assert "Traceback" not in s.log()

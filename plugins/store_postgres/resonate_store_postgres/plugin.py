@@ -26,6 +26,7 @@ def _factory(section: Mapping[str, Any], settings: Mapping[str, Any]) -> Store:
         query=section["query"],
         pool_size=section["pool_size"],
         connect_timeout=section["connect_timeout"],
+        statement_timeout=section["statement_timeout"],
         migrate=section["migrate"],
         retries=section["retries"],
         batch_size=section["batch_size"],
@@ -66,6 +67,13 @@ def resonate_config_settings() -> list[Setting]:
             Duration,
             "5s",
             "How long opening a connection may take before the request gets 503.",
+        ),
+        Setting(
+            "aio.store.postgres.statement_timeout",
+            Duration,
+            "30s",
+            "Longest a statement may run or wait for a row lock before PostgreSQL cancels it "
+            "and the request gets 503 (0 disables; migrations are exempt).",
         ),
         Setting(
             "aio.store.postgres.migrate",

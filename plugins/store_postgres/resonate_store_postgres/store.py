@@ -136,6 +136,7 @@ class PostgresStore(Store):
         query: str = "",
         pool_size: int = 10,
         connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
         migrate: bool = True,
         retries: int = 5,
         batch_size: int = 64,
@@ -144,6 +145,7 @@ class PostgresStore(Store):
         self.where = f"{host}:{port}/{database}"
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
         self.migrate = migrate
         self.retries = retries
         self.batch_size = batch_size
@@ -158,7 +160,10 @@ class PostgresStore(Store):
             pool_timeout=30,
             connect_args={
                 "timeout": self.connect_timeout,
-                "server_settings": {"application_name": "resonate-server"},
+                "server_settings": {
+                    "application_name": "resonate-server",
+                    "statement_timeout": str(int(self.statement_timeout * 1000)),
+                },
             },
         )
         self._lanes = [_Lane() for _ in range(self.pool_size)]
@@ -216,6 +221,7 @@ class PostgresStore(Store):
 
         async def apply(tx: StoreTx) -> list[int]:
             assert isinstance(tx, PgTx)
+            await tx.c.execute("SET LOCAL statement_timeout = 0")
             await tx.c.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await tx.c.execute(schema.bootstrap(dialect))
             applied = {r[0] for r in await tx.c.fetch("SELECT version FROM resonate_schema")}
@@ -332,6 +338,12 @@ class PostgresStore(Store):
             raise _Stale() from None
         except BAD_TEXT as e:
             raise StoreDataError(f"text the database cannot store: {_reason(e)}") from None
+        except asyncpg.QueryCanceledError as e:
+            log.warning("PostgreSQL canceled a statement: %s", _reason(e))
+            raise StoreBusy(
+                f"a statement was canceled after aio.store.postgres.statement_timeout "
+                f"({self.statement_timeout:g}s): {_reason(e)}"
+            ) from None
         except asyncpg.PostgresError as e:
             if isinstance(e, RETRYABLE):
                 raise
