@@ -7,6 +7,7 @@ Other schemes are routable only when an installed transport plugin claims them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 BUILTIN_SCHEMES = frozenset({"poll", "http", "https"})
@@ -23,8 +24,12 @@ class Address:
     id: str | None = None
 
 
+@lru_cache(maxsize=4096)
 def parse(raw: str) -> Address | None:
-    """Parse ``raw``; ``None`` when it is not an address of a known shape."""
+    """Parse ``raw``; ``None`` when it is not an address of a known shape.
+
+    Cached: targets and listener addresses repeat, and the result is immutable.
+    """
     if not raw or any(c in raw for c in " \t\r\n\x00"):
         return None
     scheme, sep, rest = raw.partition("://")
