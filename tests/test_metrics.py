@@ -37,6 +37,9 @@ FAMILIES = (
     "resonate_messages_total",
     "resonate_deliveries_total",
     "resonate_schedule_promises_total",
+    "resonate_store_queued",
+    "resonate_store_transactions",
+    "resonate_store_commits",
 )
 
 
@@ -206,6 +209,11 @@ def test_every_family_after_traffic(make_server: Any) -> None:
     # one firing per occurrence; the schedule itself stays active
     assert value(after, "schedules_total", state="active") == 1
     assert value(after, "coroutines_in_flight", kind="request") >= 0
+    # the store's own account: every request above reached it; group commit shares commits
+    transactions = delta("resonate_store_transactions_total")
+    assert transactions >= 15 + 1 + 3 + 7 + 1 + 1
+    assert 1 <= delta("resonate_store_commits_total") <= transactions
+    assert value(after, "resonate_store_queued") >= 0
 
     # the state gauges agree with the store
     promises, tasks = states_in_store(c)

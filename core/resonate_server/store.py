@@ -210,6 +210,10 @@ class Store(ABC):
     async def close(self) -> None:
         """Finish or abandon queued work and release every resource."""
 
+    def stats(self) -> StoreStats:
+        """Counters of the store's own work, read without touching the database."""
+        return StoreStats()
+
     @abstractmethod
     async def ping(self) -> None:
         """Return when the database answers; raise :class:`StoreUnavailable` otherwise."""
@@ -224,6 +228,20 @@ class Store(ABC):
         :func:`resonate_server.engine.lock_key`): a store may keep transactions with equal keys
         apart from each other's batches and spread the others.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    """What a store reports about its own work (zeros when it keeps no account).
+
+    ``queued``: transactions waiting for a batch now. ``transactions``: transactions committed
+    since start. ``commits``: database commits since start; with group commit several
+    transactions share one, so ``transactions / commits`` is the average batch.
+    """
+
+    queued: int = 0
+    transactions: int = 0
+    commits: int = 0
 
 
 @dataclass(frozen=True, slots=True)

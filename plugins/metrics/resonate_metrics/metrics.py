@@ -17,8 +17,9 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from resonate_server.store import StoreStats
 
 # The seed's families carry no `_created` series and neither do the upstream ones.
 disable_created_metrics()
@@ -128,6 +129,31 @@ class _StateCollector(Collector):
         if sampled:
             g.add_metric([m.version, m.store], 1)
         yield g
+        stats = m.store_stats() if sampled else None
+        g = GaugeMetricFamily(
+            "resonate_store_queued",
+            "Transactions waiting for the store's next batch now (store saturation).",
+        )
+        if stats is not None:
+            g.add_metric([], stats.queued)
+        yield g
+        for name, doc, field in (
+            (
+                "resonate_store_transactions",
+                "Transactions the store committed (one per request that reached the store, "
+                "plus background work).",
+                "transactions",
+            ),
+            (
+                "resonate_store_commits",
+                "Database commits; transactions / commits is the average group-commit batch.",
+                "commits",
+            ),
+        ):
+            c = CounterMetricFamily(name, doc)
+            if stats is not None:
+                c.add_metric([], getattr(stats, field))
+            yield c
 
 
 class ServerMetrics:
@@ -143,8 +169,10 @@ class ServerMetrics:
         version: str = "",
         store: str = "",
         process: bool = True,
+        store_stats: Callable[[], StoreStats] = StoreStats,
     ) -> None:
         self.in_flight = in_flight
+        self.store_stats = store_stats
         self.version = version
         self.store = store
         self.registry = CollectorRegistry(auto_describe=True)

@@ -75,7 +75,12 @@ def resonate_startup(server: Server) -> Any:
 
 
 async def _start(server: Server, host: str, port: int) -> None:
-    metrics = ServerMetrics(lambda: server.in_flight, __version__, server.backend.name)
+    metrics = ServerMetrics(
+        lambda: server.in_flight,
+        __version__,
+        server.backend.name,
+        store_stats=server.store.stats,
+    )
     metrics.load_counts(await server.store.transact(lambda tx: tx.count_states()))
     runner = web.AppRunner(_metrics_app(metrics), access_log=None, handle_signals=False)
     await runner.setup()

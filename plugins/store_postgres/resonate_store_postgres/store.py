@@ -38,6 +38,7 @@ from resonate_server.store import (
     StoreBusy,
     StoreDataError,
     StoreError,
+    StoreStats,
     StoreTx,
     StoreUnavailable,
 )
@@ -151,6 +152,12 @@ class PostgresStore(Store):
         self.batch_size = batch_size
         self._engine: AsyncEngine | None = None
         self._lanes: list[_Lane] = []
+        self._transactions = 0
+        self._commits = 0
+
+    def stats(self) -> StoreStats:
+        queued = sum(len(lane.jobs) for lane in self._lanes)
+        return StoreStats(queued, self._transactions, self._commits)
 
     async def start(self, migrate: bool = True) -> None:
         self._engine = create_async_engine(
@@ -303,6 +310,8 @@ class PostgresStore(Store):
                     break
                 _fail(batch, e)
                 return
+            self._commits += 1
+            self._transactions += len(batch)
             for job, result in zip(batch, results, strict=True):
                 if not job.fut.done():
                     job.fut.set_result(result)

@@ -23,6 +23,7 @@ from resonate_server.sqltx import SqlTx
 from resonate_server.store import (
     Store,
     StoreError,
+    StoreStats,
     StoreTx,
     StoreUnavailable,
     run_to_completion,
@@ -103,6 +104,11 @@ class SqliteStore(Store):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._migrate = True
+        self._transactions = 0  # written by the writer thread only
+        self._commits = 0
+
+    def stats(self) -> StoreStats:
+        return StoreStats(self._queue.qsize(), self._transactions, self._commits)
 
     async def start(self, migrate: bool = True) -> None:
         self._migrate = migrate
@@ -280,6 +286,8 @@ class SqliteStore(Store):
                 pass
             err = StoreUnavailable(f"SQLite commit failed: {e}")
             return [(fut, None, err) for fut, _, _ in outcomes]
+        self._commits += 1
+        self._transactions += sum(1 for _, _, err in outcomes if err is None)
         return outcomes
 
 
