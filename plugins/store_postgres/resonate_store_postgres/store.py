@@ -271,8 +271,13 @@ class PostgresStore(Store):
                 job = lane.jobs.popleft()
                 if not job.fut.done():
                     batch.append(job)
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._run_batch(lane, batch)
+            except Exception as e:  # a bug must not stop the lane and strand its callers
+                log.exception("PostgreSQL lane failed a batch")
+                _fail(batch, StoreError(f"internal store error: {type(e).__name__}"))
 
     async def _run_batch(self, lane: _Lane, batch: list[_Job]) -> None:
         """Commit ``batch`` as one transaction, or settle each job's future with its failure.
