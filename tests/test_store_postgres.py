@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from resonate_server.records import Promise
 from resonate_server.store import StoreTx
 from resonate_store_postgres.store import PostgresStore
 
 from .conftest import ServerProcess, pg_cluster, resonate, wait_for
+from .group_commit import one_failure_in_a_batch
 from .pg import SUPERUSER, PostgresCluster
 
 FAR = 2**62
@@ -216,50 +216,19 @@ def test_a_failing_transaction_never_undoes_its_batch(cluster: PostgresCluster) 
     """Group commit: transactions queued on one lane share a commit; one raising is run alone."""
     database = cluster.create_database()
 
-    def promise(pid: str) -> Promise:
-        return Promise(pid, "pending", {}, {}, {}, 2**62, 1, None)
+    async def hold(tx: StoreTx) -> str:
+        await asyncio.sleep(0.2)  # keeps the only lane busy so that the next ones queue up
+        return "held"
 
-    async def main() -> tuple[list[Any], list[str], list[str]]:
+    async def main() -> None:
         store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
         await store.start()
-        runs: list[str] = []
+        try:
+            await one_failure_in_a_batch(store, hold)
+        finally:
+            await store.close()
 
-        async def hold(tx: StoreTx) -> str:
-            await asyncio.sleep(0.2)  # keeps the lane busy so that the next ones queue up
-            return "held"
-
-        def create(pid: str, fail: bool = False) -> Any:
-            async def fn(tx: StoreTx) -> str:
-                runs.append(pid)
-                await tx.insert_promise(promise(pid))
-                if fail:
-                    raise RuntimeError("boom")
-                return pid
-
-            return fn
-
-        first = asyncio.ensure_future(store.transact(hold))
-        await asyncio.sleep(0.05)
-        results = await asyncio.gather(
-            store.transact(create("a"), key="a"),
-            store.transact(create("bad", fail=True), key="bad"),
-            store.transact(create("b"), key="b"),
-            return_exceptions=True,
-        )
-        assert await first == "held"
-
-        async def ids(tx: StoreTx) -> list[str]:
-            return sorted(p.id for p in (await tx.snapshot()).promises)
-
-        stored = await store.transact(ids)
-        await store.close()
-        return list(results), runs, stored
-
-    (a, bad, b), runs, stored = asyncio.run(main())
-    assert (a, b) == ("a", "b")
-    assert isinstance(bad, RuntimeError)
-    assert stored == ["a", "b"]
-    assert runs.count("a") == 2, "the batch was run again with each transaction isolated"
+    asyncio.run(main())
 
 
 def test_a_statement_stuck_on_a_lock_gets_503_and_others_go_on(

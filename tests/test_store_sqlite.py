@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from resonate_server.store import StoreTx
+from resonate_store_sqlite.store import SqliteStore
+
 from .conftest import ServerProcess, resonate
+from .group_commit import one_failure_in_a_batch
 
 
 def sqlite_server(make_server: Any, workdir: Path, *flags: str) -> ServerProcess:
@@ -72,53 +77,17 @@ def test_unopenable_database_is_a_one_line_error(workdir: Path) -> None:
 def test_a_failing_transaction_in_a_group_commit_undoes_only_itself(workdir: Path) -> None:
     """Transactions batched into one commit: the one that raises leaves no trace, the others
     commit (the store re-runs the batch with each transaction isolated)."""
-    import asyncio
 
-    from resonate_server.records import Promise
-    from resonate_server.store import StoreTx
-    from resonate_store_sqlite.store import SqliteStore
+    async def hold(tx: StoreTx) -> str:
+        time.sleep(0.2)  # blocks the writer thread so that the next ones queue up together
+        return "held"
 
-    def promise(pid: str) -> Promise:
-        return Promise(pid, "pending", {}, {}, {}, 2**62, 1, None)
-
-    async def main() -> tuple[list[Any], list[str]]:
+    async def main() -> None:
         store = SqliteStore(str(workdir / "batch.db"))
         await store.start()
-        runs: list[str] = []
+        try:
+            await one_failure_in_a_batch(store, hold)
+        finally:
+            await store.close()
 
-        async def hold(tx: StoreTx) -> str:
-            time.sleep(0.2)  # keeps the writer busy so that the next ones queue up together
-            return "held"
-
-        def create(pid: str, fail: bool = False) -> Any:
-            async def fn(tx: StoreTx) -> str:
-                runs.append(pid)
-                await tx.insert_promise(promise(pid))
-                if fail:
-                    raise RuntimeError("boom")
-                return pid
-
-            return fn
-
-        first = asyncio.ensure_future(store.transact(hold))
-        await asyncio.sleep(0.05)
-        results = await asyncio.gather(
-            store.transact(create("a")),
-            store.transact(create("bad", fail=True)),
-            store.transact(create("b")),
-            return_exceptions=True,
-        )
-        assert await first == "held"
-
-        async def ids(tx: StoreTx) -> list[str]:
-            return [p.id for p in (await tx.snapshot()).promises]
-
-        stored = await store.transact(ids)
-        await store.close()
-        return [*results, runs], stored
-
-    (a, bad, b, runs), stored = asyncio.run(main())
-    assert (a, b) == ("a", "b")
-    assert isinstance(bad, RuntimeError)
-    assert stored == ["a", "b"]
-    assert runs.count("a") == 2, "the batch was run again with each transaction isolated"
+    asyncio.run(main())
