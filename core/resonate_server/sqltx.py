@@ -23,11 +23,9 @@ _loads = orjson.loads
 PROMISE_COLS = "id, state, param, value, tags, timeout_at, created_at, settled_at"
 TASK_COLS = "id, state, version, timeout_at, timeout_type, pid, ttl"
 _N_PROMISE_COLS = len(PROMISE_COLS.split(", "))
+#: A promise's columns (as ``p``) then its task's (as ``t``); split with :func:`promise_task_row`.
 _PROMISE_TASK_COLS = ", ".join(
     [f"p.{c}" for c in PROMISE_COLS.split(", ")] + [f"t.{c}" for c in TASK_COLS.split(", ")]
-)
-_TASK_PROMISE_COLS = ", ".join(
-    [f"t.{c}" for c in TASK_COLS.split(", ")] + [f"p.{c}" for c in PROMISE_COLS.split(", ")]
 )
 SCHEDULE_COLS = (
     "id, cron, promise_id, promise_timeout, promise_param, promise_tags, created_at, "
@@ -45,6 +43,10 @@ def promise_row(r: Sequence[Any]) -> Promise:
 
 def task_row(r: Sequence[Any]) -> Task:
     return Task(r[0], r[1], r[2], r[3], r[4], r[5], r[6])
+
+
+def promise_task_row(r: Sequence[Any]) -> tuple[Promise, Task]:
+    return promise_row(r[:_N_PROMISE_COLS]), task_row(r[_N_PROMISE_COLS:])
 
 
 def schedule_row(r: Sequence[Any]) -> Schedule:
@@ -181,7 +183,7 @@ class SqlTx(StoreTx):
         )
         if r is None:
             return await self.get_promise(id), None
-        return promise_row(r[:_N_PROMISE_COLS]), task_row(r[_N_PROMISE_COLS:])
+        return promise_task_row(r)
 
     async def insert_task(self, t: Task) -> None:
         await self._exec(
@@ -205,13 +207,12 @@ class SqlTx(StoreTx):
 
     async def due_tasks(self, now: int, limit: int) -> list[tuple[Task, Promise]]:
         rows = await self._rows(
-            f"SELECT {_TASK_PROMISE_COLS} FROM tasks t JOIN promises p ON p.id = t.id "
+            f"SELECT {_PROMISE_TASK_COLS} FROM tasks t JOIN promises p ON p.id = t.id "
             "WHERE t.timeout_at IS NOT NULL AND t.timeout_at <= ? "
             f"ORDER BY t.timeout_at LIMIT ?{self.LOCK}{self.SKIP_LOCKED}",
             (now, limit),
         )
-        split = len(TASK_COLS.split(", "))
-        return [(task_row(r[:split]), promise_row(r[split:])) for r in rows]
+        return [(task, prom) for prom, task in map(promise_task_row, rows)]
 
     async def resumes(self, task_id: str) -> int:
         r = await self._row(
