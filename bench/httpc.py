@@ -211,14 +211,18 @@ class Pool:
 
     async def fill(self, n: int) -> None:
         while self._count < min(n, self.size):
-            self._count += 1
-            try:
-                conn = await RpcConnection.open(self.host, self.port)
-            except BaseException:
-                self._count -= 1
-                raise
-            self._all.add(conn)
-            self._idle.append(conn)
+            self._idle.append(await self._open())
+
+    async def _open(self) -> RpcConnection:
+        """One more connection, counted against ``size`` while it opens (uncounted on failure)."""
+        self._count += 1
+        try:
+            conn = await RpcConnection.open(self.host, self.port)
+        except BaseException:
+            self._count -= 1
+            raise
+        self._all.add(conn)
+        return conn
 
     async def _acquire(self) -> RpcConnection:
         while self._idle:
@@ -227,14 +231,7 @@ class Pool:
                 return conn
             self._drop(conn)
         if self._count < self.size:
-            self._count += 1
-            try:
-                conn = await RpcConnection.open(self.host, self.port)
-            except BaseException:
-                self._count -= 1
-                raise
-            self._all.add(conn)
-            return conn
+            return await self._open()
         fut: asyncio.Future[RpcConnection] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         return await fut

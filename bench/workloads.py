@@ -12,6 +12,7 @@ import itertools
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,45 @@ def _status_error(what: str, status: int, body: bytes) -> str:
     return f"{what} {status}: {body[:80]!r}"
 
 
+async def _one_kind_closed(
+    port: int, concurrency: int, phase: Phase, kind: str, next_request: Callable[[], bytes]
+) -> Stats:
+    """Closed loop over ``concurrency`` connections; an operation is one request of ``kind``."""
+
+    async def make(k: int) -> Op:
+        conn = await RpcConnection.open(HOST, port)
+
+        async def op() -> str | None:
+            status, body = await conn.request(next_request())
+            return None if status == 200 else _status_error(kind, status, body)
+
+        return op
+
+    return await closed_loop(make, concurrency, phase)
+
+
+async def _one_kind_open(
+    port: int,
+    rate: float,
+    connections: int,
+    phase: Phase,
+    kind: str,
+    next_request: Callable[[], bytes],
+) -> Stats:
+    """Open loop at ``rate``, at most ``connections`` requests in flight, one request each."""
+    pool = Pool(HOST, port, connections)
+    await pool.fill(connections)
+
+    async def op() -> str | None:
+        status, body = await pool.request(next_request())
+        return None if status == 200 else _status_error(kind, status, body)
+
+    try:
+        return await open_loop(op, rate, phase)
+    finally:
+        pool.close()
+
+
 # --- promise.create -----------------------------------------------------------------------
 
 
@@ -83,17 +123,9 @@ async def create(
 ) -> Stats:
     """``promise.create`` of unique ids, closed loop."""
     rq = Requests(port, prefix)
-
-    async def make(k: int) -> Op:
-        conn = await RpcConnection.open(HOST, port)
-
-        async def op() -> str | None:
-            status, body = await conn.request(rq.create(rq.new_id()))
-            return None if status == 200 else _status_error("promise.create", status, body)
-
-        return op
-
-    return await closed_loop(make, concurrency, phase)
+    return await _one_kind_closed(
+        port, concurrency, phase, "promise.create", lambda: rq.create(rq.new_id())
+    )
 
 
 async def create_rate(port: int, prefix: str, rate: float, connections: int, phase: Phase) -> Stats:
@@ -104,17 +136,9 @@ async def create_rate(port: int, prefix: str, rate: float, connections: int, pha
     (counted from its scheduled start) shows it.
     """
     rq = Requests(port, prefix)
-    pool = Pool(HOST, port, connections)
-    await pool.fill(connections)
-
-    async def op() -> str | None:
-        status, body = await pool.request(rq.create(rq.new_id()))
-        return None if status == 200 else _status_error("promise.create", status, body)
-
-    try:
-        return await open_loop(op, rate, phase)
-    finally:
-        pool.close()
+    return await _one_kind_open(
+        port, rate, connections, phase, "promise.create", lambda: rq.create(rq.new_id())
+    )
 
 
 # --- promise.create + promise.settle ------------------------------------------------------
@@ -179,18 +203,13 @@ async def get_closed(
     """``promise.get`` of random seeded ids, closed loop."""
     rq = Requests(port, "get-")
     rnd = random.Random(6)
-
-    async def make(k: int) -> Op:
-        conn = await RpcConnection.open(HOST, port)
-
-        async def op() -> str | None:
-            pid = seeding.seed_id(rnd.randrange(seeded)).encode()
-            status, body = await conn.request(rq.get(pid))
-            return None if status == 200 else _status_error("promise.get", status, body)
-
-        return op
-
-    return await closed_loop(make, concurrency, phase)
+    return await _one_kind_closed(
+        port,
+        concurrency,
+        phase,
+        "promise.get",
+        lambda: rq.get(seeding.seed_id(rnd.randrange(seeded)).encode()),
+    )
 
 
 async def get_rate(port: int, seeded: int, rate: float, connections: int, phase: Phase) -> Stats:
@@ -198,18 +217,14 @@ async def get_rate(port: int, seeded: int, rate: float, connections: int, phase:
     ``connections`` requests in flight)."""
     rq = Requests(port, "get-")
     rnd = random.Random(7)
-    pool = Pool(HOST, port, connections)
-    await pool.fill(connections)
-
-    async def op() -> str | None:
-        pid = seeding.seed_id(rnd.randrange(seeded)).encode()
-        status, body = await pool.request(rq.get(pid))
-        return None if status == 200 else _status_error("promise.get", status, body)
-
-    try:
-        return await open_loop(op, rate, phase)
-    finally:
-        pool.close()
+    return await _one_kind_open(
+        port,
+        rate,
+        connections,
+        phase,
+        "promise.get",
+        lambda: rq.get(seeding.seed_id(rnd.randrange(seeded)).encode()),
+    )
 
 
 # --- the task round trip ------------------------------------------------------------------
