@@ -19,6 +19,17 @@ VERSION = "2026-04-01"
 
 TARGET_DEFAULT = "poll://any@default"
 
+SNAP_LISTS = (
+    "promises",
+    "promiseTimeouts",
+    "callbacks",
+    "listeners",
+    "tasks",
+    "taskTimeouts",
+    "messages",
+)
+"""The lists of a debug.snap (the v0.9.8 shape); only ``promises`` has an order (by id)."""
+
 
 def ok(reply: Any, status: int = 200) -> Any:
     """Assert a successful reply with ``status`` and return its ``data``."""
@@ -145,19 +156,11 @@ def snap(rpc: Any, time: int = T) -> dict[str, Any]:
     """debug.snap with every list except ``promises`` sorted canonically."""
     data = ok(rpc.call("debug.snap", {}, time=time))
     assert isinstance(data, dict), data
-    for name in (
-        "promises",
-        "promiseTimeouts",
-        "callbacks",
-        "listeners",
-        "tasks",
-        "taskTimeouts",
-        "messages",
-    ):
+    for name in SNAP_LISTS:
         assert isinstance(data.get(name), list), (name, data)
     ids = [p["id"] for p in data["promises"]]
     assert ids == sorted(ids), "snap promises must be ordered by id"
-    for name in ("promiseTimeouts", "callbacks", "listeners", "tasks", "taskTimeouts", "messages"):
+    for name in SNAP_LISTS[1:]:
         data[name] = sorted(data[name], key=_key)
     return data
 

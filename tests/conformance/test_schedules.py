@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .helpers import (
+    SNAP_LISTS,
     R,
     T,
     assert_invariants,
@@ -195,15 +196,7 @@ def test_s56_snap_has_no_schedules(rpc: Any) -> None:
     """Scenario 56: debug.snap keeps the v0.9.8 shape (no schedules key)."""
     sched_ok(rpc, "s")
     data = ok(rpc.call("debug.snap", {}, time=T))
-    assert set(data) == {
-        "promises",
-        "promiseTimeouts",
-        "callbacks",
-        "listeners",
-        "tasks",
-        "taskTimeouts",
-        "messages",
-    }
+    assert set(data) == set(SNAP_LISTS)
 
 
 # --- 57 -------------------------------------------------------------------------------------
