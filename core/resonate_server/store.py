@@ -26,7 +26,8 @@ class StoreUnavailable(StoreError):
 
 
 class StoreBusy(StoreError):
-    """Concurrent transactions kept conflicting past the store's retries (answered 503)."""
+    """Too contended to answer now: conflicts outlasted the retries, or a statement waited past
+    its timeout (answered 503; the client retries)."""
 
 
 class StoreDataError(StoreError):
