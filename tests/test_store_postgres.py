@@ -19,7 +19,7 @@ from resonate_server.store import StoreTx
 from resonate_store_postgres.store import PostgresStore
 
 from .conftest import ServerProcess, pg_cluster, resonate, wait_for
-from .group_commit import one_failure_in_a_batch
+from .group_commit import one_failure_in_a_batch, promise
 from .pg import SUPERUSER, PostgresCluster
 
 FAR = 2**62
@@ -225,6 +225,48 @@ def test_a_failing_transaction_never_undoes_its_batch(cluster: PostgresCluster) 
         await store.start()
         try:
             await one_failure_in_a_batch(store, hold)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_transaction_opened_for_canceled_work_is_rolled_back(cluster: PostgresCluster) -> None:
+    """A commit with work queued opens the next transaction at once (``COMMIT; BEGIN``); when
+    that work is canceled before it runs, the lane must not sit idle inside the transaction."""
+    database = cluster.create_database()
+
+    def idle_in_transaction() -> str:
+        return cluster.psql(  # type: ignore[no-any-return]
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'resonate-server' "
+            "AND state = 'idle in transaction'",
+            database,
+        )
+
+    async def hold(tx: StoreTx) -> str:
+        await tx.insert_promise(promise("held"))
+        await asyncio.sleep(0.2)
+        return "held"
+
+    async def create(tx: StoreTx) -> None:
+        await tx.insert_promise(promise("canceled"))
+
+    async def ids(tx: StoreTx) -> list[str]:
+        return sorted(p.id for p in (await tx.snapshot()).promises)
+
+    async def main() -> None:
+        store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
+        await store.start()
+        try:
+            first = asyncio.ensure_future(store.transact(hold))
+            await asyncio.sleep(0.05)
+            queued = asyncio.ensure_future(store.transact(create))
+            await asyncio.sleep(0.01)
+            queued.cancel()
+            assert await first == "held"
+            await asyncio.sleep(0.3)
+            assert idle_in_transaction() == "0"
+            assert await store.transact(ids) == ["held"]
         finally:
             await store.close()
 

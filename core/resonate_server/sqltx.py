@@ -23,10 +23,10 @@ _loads = orjson.loads
 PROMISE_COLS = "id, state, param, value, tags, timeout_at, created_at, settled_at"
 TASK_COLS = "id, state, version, timeout_at, timeout_type, pid, ttl"
 _N_PROMISE_COLS = len(PROMISE_COLS.split(", "))
+#: A promise's columns qualified by the table alias ``p`` (for joins).
+PROMISE_COLS_AS_P = ", ".join(f"p.{c}" for c in PROMISE_COLS.split(", "))
 #: A promise's columns (as ``p``) then its task's (as ``t``); split with :func:`promise_task_row`.
-_PROMISE_TASK_COLS = ", ".join(
-    [f"p.{c}" for c in PROMISE_COLS.split(", ")] + [f"t.{c}" for c in TASK_COLS.split(", ")]
-)
+_PROMISE_TASK_COLS = ", ".join([PROMISE_COLS_AS_P] + [f"t.{c}" for c in TASK_COLS.split(", ")])
 SCHEDULE_COLS = (
     "id, cron, promise_id, promise_timeout, promise_param, promise_tags, created_at, "
     "next_run_at, last_run_at"
@@ -276,12 +276,18 @@ class SqlTx(StoreTx):
             (limit,),
         )
         out = [Message(r[2], "execute", task_id=r[0], version=r[1]) for r in executes]
+        out.extend(await self._take_unblocks(limit))
+        return out
+
+    async def _take_unblocks(self, limit: int) -> list[Message]:
+        """Delete and return up to ``limit`` unblock messages, each with its promise."""
         unblocks = await self._rows(
             "DELETE FROM outgoing_unblock WHERE (promise_id, address) IN (SELECT promise_id, "
             f"address FROM outgoing_unblock LIMIT ?{self.LOCK}{self.SKIP_LOCKED}) "
             "RETURNING promise_id, address",
             (limit,),
         )
+        out = []
         for promise_id, address in unblocks:
             r = await self._row(f"SELECT {PROMISE_COLS} FROM promises WHERE id = ?", (promise_id,))
             if r is not None:

@@ -5,7 +5,8 @@ async engine) and a queue: its task takes every queued transaction function (up 
 ``batch_size``), runs them one after another in one transaction with the shared
 :class:`~resonate_server.sqltx.SqlTx` statements (prepared and cached per connection), commits
 once, and only then completes the callers' futures. Concurrent requests so share ``BEGIN`` and
-``COMMIT`` and never wait for a pool checkout.
+``COMMIT`` and never wait for a pool checkout; a commit made while more work is queued opens
+the next transaction in the same round trip (``COMMIT; BEGIN``).
 
 Callers pass a key (the origin of the ids involved): the same key always maps to the same
 lane, so requests about one execution tree run one after another and never wait on each
@@ -32,8 +33,9 @@ from urllib.parse import parse_qsl
 
 import asyncpg
 from resonate_server import schema
-from resonate_server.sqltx import SqlTx
+from resonate_server.sqltx import PROMISE_COLS_AS_P, SqlTx, promise_row
 from resonate_server.store import (
+    Message,
     Store,
     StoreBusy,
     StoreDataError,
@@ -104,6 +106,16 @@ class PgTx(SqlTx):
             (promise_id,),
         )
         return moved > 0
+
+    async def _take_unblocks(self, limit: int) -> list[Message]:
+        rows = await self._rows(
+            "WITH gone AS (DELETE FROM outgoing_unblock WHERE (promise_id, address) IN "
+            "(SELECT promise_id, address FROM outgoing_unblock LIMIT ? FOR UPDATE SKIP LOCKED) "
+            f"RETURNING promise_id, address) SELECT gone.address, {PROMISE_COLS_AS_P} "
+            "FROM gone JOIN promises p ON p.id = gone.promise_id",
+            (limit,),
+        )
+        return [Message(r[0], "unblock", promise=promise_row(r[1:])) for r in rows]
 
 
 def connection_url(
@@ -264,6 +276,8 @@ class PostgresStore(Store):
         """A lane's loop: run whatever is queued as one batch, until the store closes."""
         while True:
             while not lane.jobs:
+                if lane.open:
+                    await self._end_idle_transaction(lane)
                 lane.wake.clear()
                 await lane.wake.wait()
             batch: list[_Job] = []
@@ -330,18 +344,25 @@ class PostgresStore(Store):
         conn = await self._connect(lane)
         committing = False
         try:
-            tr = conn.transaction()
-            await tr.start()
+            if not lane.open:
+                await conn.execute("BEGIN")
+                lane.open = True
             try:
                 tx = PgTx(conn)
                 results = [await fn(tx) for fn in fns]
                 committing = True
-                await tr.commit()
+                lane.open = False
+                if lane.jobs:
+                    await conn.execute("COMMIT; BEGIN")
+                    lane.open = True
+                else:
+                    await conn.execute("COMMIT")
                 return results
             except BaseException:
+                lane.open = False
                 if not committing and not conn.is_closed():
                     with contextlib.suppress(Exception):
-                        await tr.rollback()
+                        await conn.execute("ROLLBACK")
                 raise
         except DISCONNECTED as e:
             await lane.drop()
@@ -368,6 +389,15 @@ class PostgresStore(Store):
                 await lane.drop()
             raise
 
+    async def _end_idle_transaction(self, lane: _Lane) -> None:
+        """Roll back the transaction a commit opened for work that was then canceled."""
+        lane.open = False
+        if lane.conn is not None and not lane.conn.is_closed():
+            try:
+                await lane.conn.execute("ROLLBACK")
+            except Exception:
+                await lane.drop()
+
     async def _connect(self, lane: _Lane) -> asyncpg.Connection:
         """The lane's connection, opened through the SQLAlchemy pool when there is none."""
         if lane.conn is not None and not lane.conn.is_closed():
@@ -393,11 +423,16 @@ class _Job(NamedTuple):
 
 
 class _Lane:
-    """One connection, its queue of transaction functions, and the task that runs them."""
+    """One connection, its queue of transaction functions, and the task that runs them.
 
-    __slots__ = ("conn", "jobs", "sa_conn", "task", "wake")
+    ``open``: the connection is inside a transaction no batch has used yet. A commit made while
+    more work is queued opens the next transaction in the same round trip (``COMMIT; BEGIN``).
+    """
+
+    __slots__ = ("conn", "jobs", "open", "sa_conn", "task", "wake")
 
     def __init__(self) -> None:
+        self.open = False
         self.jobs: deque[_Job] = deque()
         self.wake = asyncio.Event()
         self.sa_conn: AsyncConnection | None = None
@@ -407,6 +442,7 @@ class _Lane:
     async def drop(self) -> None:
         """Give the connection back to SQLAlchemy, discarding it when it may be broken."""
         sa_conn, self.sa_conn, self.conn = self.sa_conn, None, None
+        self.open = False
         if sa_conn is not None:
             with contextlib.suppress(Exception):
                 await sa_conn.invalidate()
