@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from resonate_server.records import Task
 from resonate_server.store import StoreTx
 from resonate_store_postgres.store import PostgresStore
 
@@ -267,6 +268,46 @@ def test_a_transaction_opened_for_canceled_work_is_rolled_back(cluster: Postgres
             await asyncio.sleep(0.3)
             assert idle_in_transaction() == "0"
             assert await store.transact(ids) == ["held"]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_deferred_writes_keep_their_order_and_are_read_back(cluster: PostgresCluster) -> None:
+    """Writes the engine does not read wait in a buffer and go out as one statement: a second
+    write to the same table, and any read, must still see every earlier write."""
+    database = cluster.create_database()
+
+    async def writes(tx: StoreTx) -> tuple[str | None, str | None, int, list[str]]:
+        p = promise("p")
+        await tx.insert_promise(p)
+        await tx.insert_task(Task("p", "pending", 0))
+        await tx.update_task(Task("p", "acquired", 1, 99, 1, "worker", 10))
+        await tx.insert_callback("p", "q", ready=False)
+        p.state, p.value, p.settled_at = "resolved", {"data": "x"}, 5
+        await tx.update_promise(p)
+        settled, task = await tx.get_promise_task("p")
+        ready = await tx.ready_callbacks("p")
+        await tx.insert_listener("p", "poll://any@g")
+        await tx.delete_callbacks("q", ready_only=True)
+        return (
+            settled.state if settled else None,
+            task.state if task else None,
+            task.version if task else -1,
+            ready,
+        )
+
+    async def after(tx: StoreTx) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]]]:
+        snap = await tx.snapshot()
+        return snap.callbacks, snap.listeners
+
+    async def main() -> None:
+        store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
+        await store.start()
+        try:
+            assert await store.transact(writes) == ("resolved", "acquired", 1, ["q"])
+            assert await store.transact(after) == ([], [("p", "poll://any@g")])
         finally:
             await store.close()
 

@@ -98,6 +98,14 @@ class SqlTx(StoreTx):
         """Run a statement; return the number of rows it changed."""
         raise NotImplementedError
 
+    async def _write(self, table: str, sql: str, args: Sequence[Any]) -> None:
+        """Run a write whose outcome nobody reads, on ``table`` only.
+
+        A store may defer it until its next statement or the end of the transaction function;
+        this one runs it at once.
+        """
+        await self._exec(sql, args)
+
     # --- promises ------------------------------------------------------------------------------
 
     async def get_promise(self, id: str) -> Promise | None:
@@ -125,7 +133,8 @@ class SqlTx(StoreTx):
         return n == 1
 
     async def update_promise(self, p: Promise) -> None:
-        await self._exec(
+        await self._write(
+            "promises",
             "UPDATE promises SET state = ?, value = ?, settled_at = ? WHERE id = ?",
             (p.state, _dumps(p.value).decode(), p.settled_at, p.id),
         )
@@ -186,13 +195,15 @@ class SqlTx(StoreTx):
         return promise_task_row(r)
 
     async def insert_task(self, t: Task) -> None:
-        await self._exec(
+        await self._write(
+            "tasks",
             f"INSERT INTO tasks ({TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (t.id, t.state, t.version, t.timeout_at, t.timeout_type, t.pid, t.ttl),
         )
 
     async def update_task(self, t: Task) -> None:
-        await self._exec(
+        await self._write(
+            "tasks",
             "UPDATE tasks SET state = ?, version = ?, timeout_at = ?, timeout_type = ?, "
             "pid = ?, ttl = ? WHERE id = ?",
             (t.state, t.version, t.timeout_at, t.timeout_type, t.pid, t.ttl, t.id),
@@ -223,7 +234,8 @@ class SqlTx(StoreTx):
     # --- callbacks and listeners ---------------------------------------------------------------
 
     async def insert_callback(self, awaited: str, awaiter: str, ready: bool) -> None:
-        await self._exec(
+        await self._write(
+            "callbacks",
             "INSERT INTO callbacks (awaited, awaiter, ready) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             (awaited, awaiter, ready),
@@ -237,12 +249,14 @@ class SqlTx(StoreTx):
 
     async def delete_callbacks(self, awaiter: str, ready_only: bool) -> None:
         if ready_only:
-            await self._exec("DELETE FROM callbacks WHERE awaiter = ? AND ready", (awaiter,))
+            sql = "DELETE FROM callbacks WHERE awaiter = ? AND ready"
         else:
-            await self._exec("DELETE FROM callbacks WHERE awaiter = ?", (awaiter,))
+            sql = "DELETE FROM callbacks WHERE awaiter = ?"
+        await self._write("callbacks", sql, (awaiter,))
 
     async def insert_listener(self, promise_id: str, address: str) -> None:
-        await self._exec(
+        await self._write(
+            "listeners",
             "INSERT INTO listeners (promise_id, address) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (promise_id, address),
         )
@@ -262,7 +276,8 @@ class SqlTx(StoreTx):
     # --- outbox --------------------------------------------------------------------------------
 
     async def put_execute(self, task_id: str, version: int, address: str) -> None:
-        await self._exec(
+        await self._write(
+            "outgoing_execute",
             "INSERT INTO outgoing_execute (task_id, version, address) VALUES (?, ?, ?) "
             "ON CONFLICT (task_id) DO UPDATE SET version = excluded.version, "
             "address = excluded.address",
@@ -319,7 +334,8 @@ class SqlTx(StoreTx):
         return n == 1
 
     async def update_schedule(self, s: Schedule) -> None:
-        await self._exec(
+        await self._write(
+            "schedules",
             "UPDATE schedules SET next_run_at = ?, last_run_at = ? WHERE id = ?",
             (s.next_run_at, s.last_run_at, s.id),
         )

@@ -69,9 +69,17 @@ BAD_TEXT = (asyncpg.UntranslatableCharacterError, asyncpg.CharacterNotInRepertoi
 
 
 class PgTx(SqlTx):
-    """The shared SQL on one asyncpg connection inside a transaction."""
+    """The shared SQL on one asyncpg connection inside a transaction.
 
-    __slots__ = ("c",)
+    Writes nobody reads the outcome of (:meth:`SqlTx._write`) wait in a buffer and go to the
+    database together, as one statement of data-modifying ``WITH`` clauses, right before the
+    next statement or at :meth:`flush` (the end of each transaction function): a round trip per
+    run of writes instead of one per write. The clauses of one statement all see the same
+    snapshot and may not touch one row twice, so a second write to a table already in the
+    buffer first flushes the buffer.
+    """
+
+    __slots__ = ("_pending", "_tables", "c")
 
     LOCK = " FOR UPDATE"
     SKIP_LOCKED = " SKIP LOCKED"
@@ -80,6 +88,8 @@ class PgTx(SqlTx):
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.c = conn
+        self._pending: list[tuple[str, Sequence[Any]]] = []
+        self._tables: set[str] = set()
 
     @classmethod
     def convert(cls, sql: str) -> str:
@@ -87,15 +97,42 @@ class PgTx(SqlTx):
         return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self._pending:
+            await self.flush()
         return await self.c.fetch(self.sql(sql), *args)  # type: ignore[no-any-return]
 
     async def _row(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
+        if self._pending:
+            await self.flush()
         return await self.c.fetchrow(self.sql(sql), *args)  # type: ignore[no-any-return]
 
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
+        if self._pending:
+            await self.flush()
         status: str = await self.c.execute(self.sql(sql), *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
+
+    async def _write(self, table: str, sql: str, args: Sequence[Any]) -> None:
+        if table in self._tables:
+            await self.flush()
+        self._pending.append((sql, args))
+        self._tables.add(table)
+
+    async def flush(self) -> None:
+        """Send the buffered writes (one statement); a no-op when there are none."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._tables = set()
+        if len(pending) == 1:
+            sql, args = pending[0]
+        else:
+            clauses = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(pending))
+            sql = f"WITH {clauses} SELECT 1"
+            args = [arg for _, some in pending for arg in some]
+        await self.c.execute(self.sql(sql), *args)
 
     async def unblock_listeners(self, promise_id: str) -> bool:
         moved = await self._exec(
@@ -349,7 +386,10 @@ class PostgresStore(Store):
                 lane.open = True
             try:
                 tx = PgTx(conn)
-                results = [await fn(tx) for fn in fns]
+                results = []
+                for fn in fns:
+                    results.append(await fn(tx))
+                    await tx.flush()
                 committing = True
                 lane.open = False
                 if lane.jobs:
