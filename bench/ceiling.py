@@ -3,9 +3,10 @@ and nothing else.
 
 It parses and validates the envelope and the create data with the server's own code
 (:mod:`resonate_server.protocol`, :mod:`resonate_server.engine`), builds the promise record
-and renders the reply, exactly as ``POST /`` does, but stores nothing. ``create`` against it
-is the most the HTTP layer plus the envelope work allow on this machine; the benchmark reports
-the real server's ``create`` throughput as a fraction of it.
+and renders the reply, exactly as ``POST /`` does, but stores nothing; it tunes the garbage
+collector as ``resonate serve`` does. ``create`` against it is the most the HTTP layer plus
+the envelope work allow on this machine; the benchmark reports the real server's ``create``
+throughput as a fraction of it.
 
     python -m bench.ceiling --host 127.0.0.1 --port 9000
 """
@@ -21,6 +22,7 @@ from aiohttp import web
 from resonate_server import engine
 from resonate_server import protocol as proto
 from resonate_server.addresses import BUILTIN_SCHEMES
+from resonate_server.app import tune_gc
 
 
 def build_app() -> web.Application:
@@ -73,6 +75,7 @@ async def serve(host: str, port: int) -> None:
     runner = web.AppRunner(build_app(), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
+    tune_gc()
     await stop.wait()
     await runner.cleanup()
 
