@@ -302,7 +302,7 @@ class SqlTx(StoreTx):
             "RETURNING promise_id, address",
             (limit,),
         )
-        out = []
+        out: list[Message] = []
         for promise_id, address in unblocks:
             r = await self._row(f"SELECT {PROMISE_COLS} FROM promises WHERE id = ?", (promise_id,))
             if r is not None:

@@ -386,7 +386,7 @@ class PostgresStore(Store):
                 lane.open = True
             try:
                 tx = PgTx(conn)
-                results = []
+                results: list[Any] = []
                 for fn in fns:
                     results.append(await fn(tx))
                     await tx.flush()
@@ -465,8 +465,8 @@ class _Job(NamedTuple):
 class _Lane:
     """One connection, its queue of transaction functions, and the task that runs them.
 
-    ``open``: the connection is inside a transaction no batch has used yet. A commit made while
-    more work is queued opens the next transaction in the same round trip (``COMMIT; BEGIN``).
+    ``open``: the connection is inside a transaction, the running batch's or one the last commit
+    opened for the next batch (a commit made while more work is queued sends ``COMMIT; BEGIN``).
     """
 
     __slots__ = ("conn", "jobs", "open", "sa_conn", "task", "wake")
