@@ -14,6 +14,11 @@ def promise(pid: str) -> Promise:
     return Promise(pid, "pending", {}, {}, {}, 2**62, 1, None)
 
 
+async def promise_ids(tx: StoreTx) -> list[str]:
+    """Every stored promise id, sorted."""
+    return sorted(p.id for p in (await tx.snapshot()).promises)
+
+
 async def one_failure_in_a_batch(store: Store, hold: Callable[[StoreTx], Awaitable[str]]) -> None:
     """While ``hold`` keeps the store busy, three transactions queue up into one batch; the
     middle one raises. It must leave no trace, the others must commit, and the store must have
@@ -40,10 +45,7 @@ async def one_failure_in_a_batch(store: Store, hold: Callable[[StoreTx], Awaitab
     )
     assert await first == "held"
 
-    async def ids(tx: StoreTx) -> list[str]:
-        return sorted(p.id for p in (await tx.snapshot()).promises)
-
-    stored: Any = await store.transact(ids)
+    stored: Any = await store.transact(promise_ids)
     assert (a, b) == ("a", "b")
     assert isinstance(bad, RuntimeError)
     assert stored == ["a", "b"]

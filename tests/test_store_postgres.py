@@ -7,10 +7,11 @@ message, and a database outage while the server runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from resonate_server.store import StoreTx
 from resonate_store_postgres.store import PostgresStore
 
 from .conftest import ServerProcess, pg_cluster, resonate, wait_for
-from .group_commit import one_failure_in_a_batch, promise
+from .group_commit import one_failure_in_a_batch, promise, promise_ids
 from .pg import SUPERUSER, PostgresCluster
 
 FAR = 2**62
@@ -29,6 +30,17 @@ FAR = 2**62
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> PostgresCluster:
     return pg_cluster(request.config)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def one_lane(cluster: PostgresCluster, database: str) -> AsyncIterator[PostgresStore]:
+    """A started store with a single lane, so that concurrent transactions queue into batches."""
+    store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @pytest.fixture
@@ -222,12 +234,8 @@ def test_a_failing_transaction_never_undoes_its_batch(cluster: PostgresCluster) 
         return "held"
 
     async def main() -> None:
-        store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
-        await store.start()
-        try:
+        async with one_lane(cluster, database) as store:
             await one_failure_in_a_batch(store, hold)
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -252,13 +260,8 @@ def test_a_transaction_opened_for_canceled_work_is_rolled_back(cluster: Postgres
     async def create(tx: StoreTx) -> None:
         await tx.insert_promise(promise("canceled"))
 
-    async def ids(tx: StoreTx) -> list[str]:
-        return sorted(p.id for p in (await tx.snapshot()).promises)
-
     async def main() -> None:
-        store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
-        await store.start()
-        try:
+        async with one_lane(cluster, database) as store:
             first = asyncio.ensure_future(store.transact(hold))
             await asyncio.sleep(0.05)
             queued = asyncio.ensure_future(store.transact(create))
@@ -267,9 +270,7 @@ def test_a_transaction_opened_for_canceled_work_is_rolled_back(cluster: Postgres
             assert await first == "held"
             await asyncio.sleep(0.3)
             assert idle_in_transaction() == "0"
-            assert await store.transact(ids) == ["held"]
-        finally:
-            await store.close()
+            assert await store.transact(promise_ids) == ["held"]
 
     asyncio.run(main())
 
@@ -303,13 +304,9 @@ def test_deferred_writes_keep_their_order_and_are_read_back(cluster: PostgresClu
         return snap.callbacks, snap.listeners
 
     async def main() -> None:
-        store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=1)
-        await store.start()
-        try:
+        async with one_lane(cluster, database) as store:
             assert await store.transact(writes) == ("resolved", "acquired", 1, ["q"])
             assert await store.transact(after) == ([], [("p", "poll://any@g")])
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
