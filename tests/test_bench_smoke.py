@@ -59,3 +59,22 @@ def test_bench_smoke(tmp_path: Path) -> None:
     # The table printed for people names every workload.
     for workload, _ in EXPECTED:
         assert f"| {workload} |" in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_inprocess_smoke() -> None:
+    """``python -m bench.inprocess`` runs creates through the real server and store."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess", "--creates", "300", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, f"bench.inprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "envelope work (what the ceiling does besides HTTP)",
+        "handle_rpc, store included",
+        "metrics observe_request",
+    ], proc.stdout

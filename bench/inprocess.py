@@ -1,0 +1,129 @@
+"""The server's own CPU per ``promise.create``, without HTTP, in one process.
+
+Where the HTTP benchmark reports the whole server, this splits what is left when aiohttp is
+taken away, so changes to the engine, the store hand-off or the observers can be measured
+without the machine's network noise. On a fresh SQLite database in a temp directory:
+
+- ``envelope``: parsing the envelope and the create data and rendering the reply, which is
+  the work the no-storage ceiling does besides HTTP;
+- ``handle_rpc``: :meth:`Server.handle_rpc` for 64 concurrent creates at a time (the
+  request body is handed over directly), process CPU per create, writer thread included;
+- ``observe_request``: the metrics plugin's four request families, per request.
+
+The server runs with its plugins (metrics on a free port), as ``resonate serve`` does.
+
+    python -m bench.inprocess [--creates 20000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from resonate_metrics.metrics import ServerMetrics
+from resonate_server import engine, plugins
+from resonate_server import protocol as proto
+from resonate_server.addresses import BUILTIN_SCHEMES
+from resonate_server.app import build_server, tune_gc
+from resonate_server.config import load_settings
+
+from .procs import free_port
+from .workloads import FAR, PARAM, VERSION
+
+CONCURRENCY = 64
+
+
+class _Body:
+    """What :meth:`Server.handle_rpc` reads from an aiohttp request."""
+
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def read(self) -> bytes:
+        return self.body
+
+
+def _create(i: int) -> bytes:
+    return (
+        b'{"kind":"promise.create","head":{"corrId":"c%d","version":"%s"},'
+        b'"data":{"id":"p%d","timeoutAt":%s,"param":%s,"tags":{"bench":"create"}}}'
+        % (i, VERSION, i, FAR, PARAM)
+    )
+
+
+def envelope_us(bodies: list[bytes]) -> float:
+    started = time.process_time()
+    for body in bodies:
+        env = proto.parse_envelope(body)
+        c = engine.Ctx(1, 30_000, BUILTIN_SCHEMES, env.corr_id)
+        req = engine.parse_promise_create(env.data, c)
+        data = {"promise": engine.new_promise(req, c.now).to_wire()}
+        proto.render(env.kind, env.corr_id, 200, data)
+    return (time.process_time() - started) / len(bodies) * 1e6
+
+
+async def measure(creates: int, rounds: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        pm = plugins.load()
+        cli = {
+            "aio.store.sqlite.path": str(Path(tmp) / "resonate.db"),
+            "metrics.port": free_port(),
+        }
+        server = build_server(load_settings(pm.settings_schema(), cli, cwd=Path(tmp)), pm)
+        await server.start_background()
+        tune_gc()
+        try:
+            seq = iter(range(10**9))
+            warm = [_Body(_create(next(seq))) for _ in range(2_000)]
+            await asyncio.gather(*[server.handle_rpc(r) for r in warm])  # type: ignore[arg-type]
+            per_round = []
+            for _ in range(rounds):
+                reqs = [_Body(_create(next(seq))) for _ in range(creates)]
+                started = time.process_time()
+                for i in range(0, creates, CONCURRENCY):
+                    replies = await asyncio.gather(
+                        *[server.handle_rpc(r) for r in reqs[i : i + CONCURRENCY]]  # type: ignore[arg-type]
+                    )
+                    if replies[0].status != 200:
+                        raise SystemExit(f"promise.create answered {replies[0].status}")
+                per_round.append((time.process_time() - started) / creates * 1e6)
+        finally:
+            await server.stop_background()
+    return {
+        "envelope": envelope_us([_create(i) for i in range(creates)]),
+        "handle_rpc": statistics.median(per_round),
+        "handle_rpc_min": min(per_round),
+    }
+
+
+def observe_request_us(n: int = 200_000) -> float:
+    """One request in the metrics plugin's four request families."""
+    metrics = ServerMetrics(lambda: 0, process=False)
+    started = time.process_time()
+    for _ in range(n):
+        metrics.observe_request("promise.create", 200, 0.003)
+    return (time.process_time() - started) / n * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="the server's CPU per create without HTTP")
+    p.add_argument("--creates", type=int, default=20_000, help="creates per round (20,000)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (5)")
+    args = p.parse_args()
+    r = asyncio.run(measure(args.creates, args.rounds))
+    print(f"envelope work (what the ceiling does besides HTTP): {r['envelope']:.1f} µs/create")
+    print(
+        f"handle_rpc, store included: {r['handle_rpc']:.1f} µs/create "
+        f"(median of {args.rounds} rounds; fastest {r['handle_rpc_min']:.1f})"
+    )
+    print(f"metrics observe_request: {observe_request_us():.2f} µs/request")
+
+
+if __name__ == "__main__":
+    main()
