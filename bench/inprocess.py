@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -79,7 +80,7 @@ async def measure(creates: int, rounds: int) -> dict[str, float]:
         await server.start_background()
         tune_gc()
         try:
-            seq = iter(range(10**9))
+            seq = itertools.count()
             warm = [_Body(_create(next(seq))) for _ in range(2_000)]
             await asyncio.gather(*[server.handle_rpc(r) for r in warm])  # type: ignore[arg-type]
             per_round = []
@@ -90,8 +91,9 @@ async def measure(creates: int, rounds: int) -> dict[str, float]:
                     replies = await asyncio.gather(
                         *[server.handle_rpc(r) for r in reqs[i : i + CONCURRENCY]]  # type: ignore[arg-type]
                     )
-                    if replies[0].status != 200:
-                        raise SystemExit(f"promise.create answered {replies[0].status}")
+                    bad = [r.status for r in replies if r.status != 200]
+                    if bad:
+                        raise SystemExit(f"promise.create answered {bad[0]}")
                 per_round.append((time.process_time() - started) / creates * 1e6)
         finally:
             await server.stop_background()
@@ -116,6 +118,8 @@ def main() -> None:
     p.add_argument("--creates", type=int, default=20_000, help="creates per round (20,000)")
     p.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported (5)")
     args = p.parse_args()
+    if args.creates < 1 or args.rounds < 1:
+        p.error("--creates and --rounds must be at least 1")
     r = asyncio.run(measure(args.creates, args.rounds))
     print(f"envelope work (what the ceiling does besides HTTP): {r['envelope']:.1f} µs/create")
     print(
