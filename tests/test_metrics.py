@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Client, ServerProcess, free_port
@@ -367,3 +368,53 @@ def test_registries_are_per_server_and_kinds_are_bounded() -> None:
     assert sample(a, "resonate_deliveries_total", status="success") == 1
     assert sample(a, "resonate_deliveries_total", status="dropped") == 0
     assert sample(a, "resonate_messages_total", kind="unblock") == 1
+
+
+def test_request_latency_histograms_are_cumulative_prometheus_histograms() -> None:
+    """Each duration lands in the first bucket whose bound is at least it (a bound is
+    inclusive, as in prometheus-client); buckets are cumulative and end at +Inf = count."""
+    from prometheus_client import generate_latest
+    from resonate_metrics.metrics import ServerMetrics
+
+    m = ServerMetrics(lambda: 0, process=False)
+    for seconds in (0.0005, 0.001, 0.003, 0.02, 7.0, 60.0):
+        m.observe_request("promise.get", 200, seconds)
+    m.observe_request("promise.create", 409, 0.004)
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(m.registry).decode())
+    }
+
+    def buckets(family: str, **labels: str) -> dict[str, float]:
+        return {
+            s.labels["le"]: s.value
+            for s in families[family].samples
+            if s.name == f"{family}_bucket" and all(s.labels.get(k) == v for k, v in labels.items())
+        }
+
+    def scalar(family: str, suffix: str, **labels: str) -> float:
+        (value,) = [
+            s.value
+            for s in families[family].samples
+            if s.name == family + suffix and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
+        return value
+
+    api = buckets("api_duration_seconds")
+    assert api["0.001"] == 2  # 0.0005 and 0.001 (the bound is inclusive)
+    assert api["0.0025"] == 2
+    assert api["0.005"] == 4  # + 0.003 and the create's 0.004
+    assert api["0.025"] == 5
+    assert api["5.0"] == 5 and api["10.0"] == 6 and api["+Inf"] == 7
+    assert scalar("api_duration_seconds", "_count") == 7
+    assert scalar("api_duration_seconds", "_sum") == pytest.approx(67.0285)
+    get = buckets("resonate_request_duration_seconds", kind="promise.get")
+    assert list(get) == [
+        "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.25", "0.5", "0.75",
+        "1.0", "2.5", "5.0", "7.5", "10.0", "+Inf",
+    ]  # fmt: skip
+    assert (get["0.005"], get["0.025"], get["7.5"], get["+Inf"]) == (3, 4, 5, 6)
+    assert scalar("resonate_request_duration_seconds", "_count", kind="promise.create") == 1
+    assert scalar("resonate_request", "_total", kind="promise.create", status="409") == 1
+    assert scalar("api_requests", "_total", status="200") == 6
+    assert scalar("api_requests", "_total", status="409") == 1
+    assert scalar("api_requests", "_total", status="500") == 0  # exposed from the start
