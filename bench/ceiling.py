@@ -25,6 +25,23 @@ from resonate_server.addresses import BUILTIN_SCHEMES
 from resonate_server.app import tune_gc
 
 
+def answer(body: bytes, now: int) -> tuple[int, bytes]:
+    """The ceiling's whole work for one ``POST /`` body besides HTTP: the status and reply."""
+    try:
+        env = proto.parse_envelope(body)
+    except proto.EnvelopeError as e:
+        return e.status, proto.render(e.kind, e.corr_id, e.status, e.message)
+    c = engine.Ctx(now, 30_000, BUILTIN_SCHEMES, env.corr_id)
+    try:
+        if env.kind != "promise.create":
+            raise proto.RpcError(400, "the ceiling server only answers promise.create")
+        req = engine.parse_promise_create(env.data, c)
+        status, data = 200, {"promise": engine.new_promise(req, c.now).to_wire()}
+    except proto.RpcError as e:
+        status, data = e.status, e.message
+    return status, proto.render(env.kind, env.corr_id, status, data)
+
+
 def build_app() -> web.Application:
     clock = [0]
 
@@ -35,28 +52,8 @@ def build_app() -> web.Application:
         return clock[0]
 
     async def rpc(request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            env = proto.parse_envelope(body)
-        except proto.EnvelopeError as e:
-            return web.Response(
-                body=proto.render(e.kind, e.corr_id, e.status, e.message),
-                status=e.status,
-                content_type="application/json",
-            )
-        c = engine.Ctx(now(), 30_000, BUILTIN_SCHEMES, env.corr_id)
-        try:
-            if env.kind != "promise.create":
-                raise proto.RpcError(400, "the ceiling server only answers promise.create")
-            req = engine.parse_promise_create(env.data, c)
-            status, data = 200, {"promise": engine.new_promise(req, c.now).to_wire()}
-        except proto.RpcError as e:
-            status, data = e.status, e.message
-        return web.Response(
-            body=proto.render(env.kind, env.corr_id, status, data),
-            status=status,
-            content_type="application/json",
-        )
+        status, body = answer(await request.read(), now())
+        return web.Response(body=body, status=status, content_type="application/json")
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 
 from resonate_metrics.metrics import ServerMetrics
-from resonate_server import engine, plugins
-from resonate_server import protocol as proto
-from resonate_server.addresses import BUILTIN_SCHEMES
+from resonate_server import plugins
 from resonate_server.app import build_server, tune_gc
 from resonate_server.config import load_settings
 
+from . import ceiling
 from .procs import free_port
-from .workloads import FAR, PARAM, VERSION
+from .workloads import create_body
 
 CONCURRENCY = 64
 
@@ -51,21 +50,15 @@ class _Body:
 
 
 def _create(i: int) -> bytes:
-    return (
-        b'{"kind":"promise.create","head":{"corrId":"c%d","version":"%s"},'
-        b'"data":{"id":"p%d","timeoutAt":%s,"param":%s,"tags":{"bench":"create"}}}'
-        % (i, VERSION, i, FAR, PARAM)
-    )
+    return create_body(b"p%d" % i)
 
 
 def envelope_us(bodies: list[bytes]) -> float:
     started = time.process_time()
     for body in bodies:
-        env = proto.parse_envelope(body)
-        c = engine.Ctx(1, 30_000, BUILTIN_SCHEMES, env.corr_id)
-        req = engine.parse_promise_create(env.data, c)
-        data = {"promise": engine.new_promise(req, c.now).to_wire()}
-        proto.render(env.kind, env.corr_id, 200, data)
+        status, reply = ceiling.answer(body, 1)
+        if status != 200:
+            raise SystemExit(f"the ceiling's work answered {status}: {reply[:80]!r}")
     return (time.process_time() - started) / len(bodies) * 1e6
 
 

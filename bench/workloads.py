@@ -31,6 +31,21 @@ PARAM = (
 )
 
 
+def envelope_body(kind: bytes, corr: bytes, data: bytes) -> bytes:
+    """A request envelope, the body of a ``POST /``."""
+    template = b'{"kind":"%s","head":{"corrId":"%s","version":"%s"},"data":%s}'
+    return template % (kind, corr, VERSION, data)
+
+
+def create_body(pid: bytes, tags: bytes = b'{"bench":"create"}') -> bytes:
+    """The ``promise.create`` envelope of every create workload."""
+    return envelope_body(
+        b"promise.create",
+        pid,
+        b'{"id":"%s","timeoutAt":%s,"param":%s,"tags":%s}' % (pid, FAR, PARAM, tags),
+    )
+
+
 class Requests:
     """Pre-encoded request templates for one server."""
 
@@ -43,20 +58,13 @@ class Requests:
         return b"%s%d\r\n\r\n%s" % (self.head, len(body), body)
 
     def envelope(self, kind: bytes, corr: bytes, data: bytes) -> bytes:
-        return self.raw(
-            b'{"kind":"%s","head":{"corrId":"%s","version":"%s"},"data":%s}'
-            % (kind, corr, VERSION, data)
-        )
+        return self.raw(envelope_body(kind, corr, data))
 
     def new_id(self) -> bytes:
         return b"%s%d" % (self.prefix, next(self.seq))
 
     def create(self, pid: bytes, tags: bytes = b'{"bench":"create"}') -> bytes:
-        return self.envelope(
-            b"promise.create",
-            pid,
-            b'{"id":"%s","timeoutAt":%s,"param":%s,"tags":%s}' % (pid, FAR, PARAM, tags),
-        )
+        return self.raw(create_body(pid, tags))
 
     def settle(self, pid: bytes) -> bytes:
         return self.envelope(
