@@ -359,3 +359,55 @@ def test_a_statement_stuck_on_a_lock_gets_503_and_others_go_on(
     done = c.call("promise.settle", {"id": "held", "state": "resolved"})
     assert done.status == 200 and done.body["data"]["promise"]["state"] == "resolved"
     assert "Traceback" not in s.log()
+
+
+def test_a_batch_of_creates_inserts_its_promises_in_one_statement(
+    cluster: PostgresCluster,
+) -> None:
+    """Transaction functions of one batch that start with a promise insert, for distinct ids,
+    share one multi-row insert; each still learns whether its own id was new. Duplicate ids in
+    a batch, or other first statements, keep the one-by-one path, with the same outcomes."""
+    database = cluster.create_database()
+
+    async def hold(tx: StoreTx) -> str:
+        await asyncio.sleep(0.2)  # keeps the only lane busy so that the next ones queue up
+        return "held"
+
+    def create(pid: str) -> Any:
+        async def fn(tx: StoreTx) -> bool:
+            return await tx.insert_promise(promise(pid))
+
+        return fn
+
+    async def read(tx: StoreTx) -> list[str]:
+        return await promise_ids(tx)
+
+    async def batch(store: PostgresStore, *fns: Any) -> list[Any]:
+        first = asyncio.ensure_future(store.transact(hold))
+        await asyncio.sleep(0.05)
+        results = await asyncio.gather(*[store.transact(fn) for fn in fns])
+        assert await first == "held"
+        return results
+
+    async def main() -> None:
+        async with one_lane(cluster, database) as store:
+            assert await store.transact(create("x")) is True
+            conn = store._lanes[0].conn
+            assert conn is not None
+            queries: list[str] = []
+            conn.add_query_logger(lambda q: queries.append(q.query))
+
+            got = await batch(store, create("a"), create("x"), read, create("b"))
+            # the read was queued before b's create, and ran after the batch's one insert
+            assert got == [True, False, ["a", "b", "x"], True]
+            inserts = [q for q in queries if q.startswith("INSERT INTO promises")]
+            assert len(inserts) == 1 and "unnest" in inserts[0], queries
+
+            queries.clear()
+            got = await batch(store, create("d"), read, create("d"), create("e"))
+            assert got == [True, ["a", "b", "d", "x"], False, True]
+            inserts = [q for q in queries if q.startswith("INSERT INTO promises")]
+            assert len(inserts) == 3 and not any("unnest" in q for q in inserts), queries
+            assert await store.transact(promise_ids) == ["a", "b", "d", "e", "x"]
+
+    asyncio.run(main())

@@ -33,6 +33,37 @@ SCHEDULE_COLS = (
 )
 
 
+#: The columns of a promise insert, in the order of :func:`promise_insert_args`.
+PROMISE_INSERT_COLS = (
+    "id",
+    "state",
+    "param",
+    "value",
+    "tags",
+    "target",
+    "branch",
+    "timeout_at",
+    "created_at",
+    "settled_at",
+)
+
+
+def promise_insert_args(p: Promise) -> tuple[Any, ...]:
+    """The values of :data:`PROMISE_INSERT_COLS` for ``p`` (JSON columns as compact text)."""
+    return (
+        p.id,
+        p.state,
+        _dumps(p.param).decode(),
+        _dumps(p.value).decode(),
+        _dumps(p.tags).decode(),
+        p.target,
+        p.branch,
+        p.timeout_at,
+        p.created_at,
+        p.settled_at,
+    )
+
+
 def _json(value: Any) -> Any:
     return _loads(value) if isinstance(value, (str, bytes)) else value
 
@@ -70,11 +101,19 @@ class SqlTx(StoreTx):
     #: Cast applied to a JSON text parameter written into a JSON column.
     JSON_PARAM: ClassVar[str] = "?"
 
+    #: The insert of one promise (:func:`promise_insert_args`) that leaves an existing id alone.
+    INSERT_PROMISE: ClassVar[str]
+
     _cache: ClassVar[dict[str, str]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._cache = {}
+        values = ", ".join(cls.JSON_PARAM if c == "tags" else "?" for c in PROMISE_INSERT_COLS)
+        cls.INSERT_PROMISE = (
+            f"INSERT INTO promises ({', '.join(PROMISE_INSERT_COLS)}) VALUES ({values}) "
+            "ON CONFLICT DO NOTHING"
+        )
 
     @classmethod
     def convert(cls, sql: str) -> str:
@@ -113,24 +152,7 @@ class SqlTx(StoreTx):
         return None if r is None else promise_row(r)
 
     async def insert_promise(self, p: Promise) -> bool:
-        n = await self._exec(
-            "INSERT INTO promises (id, state, param, value, tags, target, branch, timeout_at, "
-            f"created_at, settled_at) VALUES (?, ?, ?, ?, {self.JSON_PARAM}, ?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (
-                p.id,
-                p.state,
-                _dumps(p.param).decode(),
-                _dumps(p.value).decode(),
-                _dumps(p.tags).decode(),
-                p.target,
-                p.branch,
-                p.timeout_at,
-                p.created_at,
-                p.settled_at,
-            ),
-        )
-        return n == 1
+        return await self._exec(self.INSERT_PROMISE, promise_insert_args(p)) == 1
 
     async def update_promise(self, p: Promise) -> None:
         await self._write(

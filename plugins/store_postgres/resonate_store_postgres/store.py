@@ -6,7 +6,8 @@ async engine) and a queue: its task takes every queued transaction function (up 
 :class:`~resonate_server.sqltx.SqlTx` statements (prepared and cached per connection), commits
 once, and only then completes the callers' futures. Concurrent requests so share ``BEGIN`` and
 ``COMMIT`` and never wait for a pool checkout; a commit made while more work is queued opens
-the next transaction in the same round trip (``COMMIT; BEGIN``).
+the next transaction in the same round trip (``COMMIT; BEGIN``). The promise inserts that
+open a batch's creates go to the database as one multi-row insert (:func:`run_functions`).
 
 Callers pass a key (the origin of the ids involved): the same key always maps to the same
 lane, so requests about one execution tree run one after another and never wait on each
@@ -27,13 +28,13 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 import asyncpg
 from resonate_server import schema
-from resonate_server.sqltx import PROMISE_COLS_AS_P, SqlTx, promise_row
+from resonate_server.sqltx import PROMISE_COLS_AS_P, PROMISE_INSERT_COLS, SqlTx, promise_row
 from resonate_server.store import (
     Message,
     Store,
@@ -77,19 +78,33 @@ class PgTx(SqlTx):
     run of writes instead of one per write. The clauses of one statement all see the same
     snapshot and may not touch one row twice, so a second write to a table already in the
     buffer first flushes the buffer.
+
+    A transaction created ``priming`` holds back its first statement (see
+    :func:`run_functions`): it suspends there, yielding :data:`_HELD`, until the lane resumes
+    it with ``held_result``, the statement's outcome, or None to run the statement itself.
     """
 
-    __slots__ = ("_pending", "_tables", "c")
+    __slots__ = ("_pending", "_tables", "c", "held", "held_result", "priming")
 
     LOCK = " FOR UPDATE"
     SKIP_LOCKED = " SKIP LOCKED"
     TAG_MATCH = "{col} @> ?::jsonb"
     JSON_PARAM = "?::jsonb"
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, priming: bool = False) -> None:
         self.c = conn
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._tables: set[str] = set()
+        self.priming = priming
+        self.held: tuple[str, Sequence[Any]] | None = None
+        self.held_result: Any = None
+
+    def held_insert(self) -> Sequence[Any] | None:
+        """The arguments of the held statement when it is a promise insert with nothing before
+        it; else None."""
+        if self.held is None or self._pending or self.held[0] != self.INSERT_PROMISE:
+            return None
+        return self.held[1]
 
     @classmethod
     def convert(cls, sql: str) -> str:
@@ -97,21 +112,34 @@ class PgTx(SqlTx):
         return "".join(f"{part}${i}" for i, part in enumerate(parts[:-1], 1)) + parts[-1]
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        if self.priming:
+            await self._hold(sql, args)
         if self._pending:
             await self.flush()
         return await self.c.fetch(self.sql(sql), *args)  # type: ignore[no-any-return]
 
     async def _row(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
+        if self.priming:
+            await self._hold(sql, args)
         if self._pending:
             await self.flush()
         return await self.c.fetchrow(self.sql(sql), *args)  # type: ignore[no-any-return]
 
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
+        if self.priming:
+            done = await self._hold(sql, args)
+            if done is not None:
+                return int(done)
         if self._pending:
             await self.flush()
         status: str = await self.c.execute(self.sql(sql), *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
+
+    def _hold(self, sql: str, args: Sequence[Any]) -> _Hold:
+        self.priming = False
+        self.held = (sql, args)
+        return _Hold(self)
 
     async def _write(self, table: str, sql: str, args: Sequence[Any]) -> None:
         if table in self._tables:
@@ -153,6 +181,121 @@ class PgTx(SqlTx):
             (limit,),
         )
         return [Message(r[0], "unblock", promise=promise_row(r[1:])) for r in rows]
+
+
+_HELD = object()  #: what a priming transaction function yields at its held first statement
+
+
+class _Hold:
+    """The suspension of a priming :class:`PgTx` at its first statement."""
+
+    __slots__ = ("tx",)
+
+    def __init__(self, tx: PgTx) -> None:
+        self.tx = tx
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        yield _HELD
+        return self.tx.held_result
+
+
+class _Rest:
+    """Awaits the rest of a coroutine that was started by hand and last yielded ``yielded``.
+
+    A coroutine suspended at :data:`_HELD` is resumed at once; anything else it yields (an
+    asyncpg future) goes to the running task, and what the task sends or throws back goes in.
+    """
+
+    __slots__ = ("it", "yielded")
+
+    def __init__(self, it: Generator[Any, Any, Any], yielded: Any) -> None:
+        self.it = it
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        it, yielded = self.it, self.yielded
+        while True:
+            sent: Any = None
+            error: BaseException | None = None
+            if yielded is not _HELD:
+                try:
+                    sent = yield yielded
+                except BaseException as e:
+                    error = e
+            try:
+                yielded = it.send(sent) if error is None else it.throw(error)
+            except StopIteration as done:
+                return done.value
+
+
+_INSERT_PROMISES = (
+    f"INSERT INTO promises ({', '.join(PROMISE_INSERT_COLS)}) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], "
+    "$6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+async def run_functions(
+    conn: asyncpg.Connection, fns: Sequence[Callable[[StoreTx], Awaitable[Any]]]
+) -> list[Any]:
+    """Run a batch's transaction functions one after another in the open transaction; their
+    results in order.
+
+    With more than one, each first runs up to its first statement, which is held back (one that
+    suspends on anything else, such as the connection itself, runs to completion right then).
+    When two or more held statements insert promises with distinct ids, one multi-row insert
+    does them all. Then each function resumes in turn; the others run their held statement
+    themselves. The promises of a batch of creates so cost one round trip instead of one each.
+    Each function's buffered writes are flushed when it returns.
+    """
+    if len(fns) == 1:
+        tx = PgTx(conn)
+        result = await fns[0](tx)
+        await tx.flush()
+        return [result]
+    txs = [PgTx(conn, priming=True) for _ in fns]
+    its: list[Generator[Any, Any, Any] | None] = [None] * len(fns)
+    results: list[Any] = [None] * len(fns)
+    try:
+        for i, fn in enumerate(fns):
+            it = fn(txs[i]).__await__()
+            try:
+                yielded = it.send(None)
+            except StopIteration as done:
+                results[i] = done.value
+                await txs[i].flush()
+                continue
+            if yielded is _HELD:
+                its[i] = it
+                continue
+            txs[i].priming = False
+            its[i] = it
+            results[i] = await _Rest(it, yielded)
+            its[i] = None
+            await txs[i].flush()
+        inserts = {
+            i: args
+            for i, it in enumerate(its)
+            if it is not None and (args := txs[i].held_insert()) is not None
+        }
+        ids = [args[0] for args in inserts.values()]
+        if len(inserts) > 1 and len(set(ids)) == len(ids):
+            columns = list(zip(*inserts.values(), strict=True))
+            inserted = {r[0] for r in await conn.fetch(_INSERT_PROMISES, *columns)}
+            for i, args in inserts.items():
+                txs[i].held_result = 1 if args[0] in inserted else 0
+        for i, it in enumerate(its):
+            if it is None:
+                continue
+            results[i] = await _Rest(it, _HELD)
+            its[i] = None
+            await txs[i].flush()
+        return results
+    finally:
+        for it in its:
+            if it is not None:
+                it.close()
 
 
 def connection_url(
@@ -385,11 +528,7 @@ class PostgresStore(Store):
                 await conn.execute("BEGIN")
                 lane.open = True
             try:
-                tx = PgTx(conn)
-                results: list[Any] = []
-                for fn in fns:
-                    results.append(await fn(tx))
-                    await tx.flush()
+                results = await run_functions(conn, fns)
                 committing = True
                 lane.open = False
                 if lane.jobs:
