@@ -20,23 +20,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+from resonate_server.sqltx import PROMISE_INSERT_COLS as COLUMNS
 
 from .procs import Store
 
 TIMEOUT_AT = 4_102_444_800_000  # 2100-01-01
 SHARDS = 64
-COLUMNS = (
-    "id",
-    "state",
-    "param",
-    "value",
-    "tags",
-    "target",
-    "branch",
-    "timeout_at",
-    "created_at",
-    "settled_at",
-)
 PARAM = {"data": "eyJmdW5jIjoic2VlZCIsImFyZ3MiOlsxLDIsM119"}
 VALUE = {"data": "eyJyZXN1bHQiOjZ9"}
 
