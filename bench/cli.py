@@ -62,6 +62,7 @@ NOISY_CPU = 25.0
 QUIET_SECONDS = 3
 
 #: Which number picks the median run of a workload repeated with --repeat.
+SEARCH_CLIENTS = 4  #: scale-search: concurrent searches (each may read thousands of rows)
 MEDIAN_BY = {"create-rate": "p99", "scale-get": "p99", "sse-idle": "server_rss_mb"}
 
 
@@ -521,6 +522,11 @@ class Suite:
                     f"RSS at start {info['rss_start']} MB"
                 )
                 self.row("scale-get", kind, stats, w, server, note=note)
+                w = self.window(server, store)
+                stats = self.run_async(wl.search(server.port, SEARCH_CLIENTS, self.phase(w)))
+                stats.extra["seeded"] = n
+                note = f"{n:,} stored; pending of one shard by tag, {SEARCH_CLIENTS} clients"
+                self.row("scale-search", kind, stats, w, server, note=note)
                 w = self.window(server, store)
                 stats = self.run_async(wl.create(server.port, prefix, a.concurrency, self.phase(w)))
                 stats.extra["seeded"] = n

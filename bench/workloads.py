@@ -76,6 +76,9 @@ class Requests:
     def get(self, pid: bytes) -> bytes:
         return self.envelope(b"promise.get", pid, b'{"id":"%s"}' % pid)
 
+    def search(self, corr: bytes, data: bytes) -> bytes:
+        return self.envelope(b"promise.search", corr, data)
+
 
 def _status_error(what: str, status: int, body: bytes) -> str:
     return f"{what} {status}: {body[:80]!r}"
@@ -233,6 +236,21 @@ async def get_rate(port: int, seeded: int, rate: float, connections: int, phase:
         "promise.get",
         lambda: rq.get(seeding.seed_id(rnd.randrange(seeded)).encode()),
     )
+
+
+async def search(port: int, concurrency: int, phase: Phase) -> Stats:
+    """``promise.search`` over the seeded promises, closed loop: pending promises of one of
+    the 64 shards, 10 at most. Seeded odd ids are resolved, so half of the shards have no
+    pending promise at all and the search must rule out every promise of that shard."""
+    rq = Requests(port, "search-")
+    rnd = random.Random(11)
+
+    def next_request() -> bytes:
+        shard = rnd.randrange(seeding.SHARDS)
+        data = b'{"state":"pending","tags":{"shard":"%d"},"limit":10}' % shard
+        return rq.search(rq.new_id(), data)
+
+    return await _one_kind_closed(port, concurrency, phase, "promise.search", next_request)
 
 
 # --- the task round trip ------------------------------------------------------------------

@@ -124,9 +124,17 @@ def test_servers_starting_at_once_migrate_once(make_server: Any, cluster: Postgr
     servers: list[ServerProcess] = [make_server(*flags, store=False, wait=False) for _ in range(3)]
     for s in servers:
         s.wait_ready()
-    assert cluster.psql("SELECT string_agg(version::text, ',') FROM resonate_schema", db) == "1"
+    assert (
+        cluster.psql(
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM resonate_schema", db
+        )
+        == "1,2"
+    )
     out = resonate("migrate", "status", *flags)
-    assert out.stdout.splitlines() == ["1 applied  initial schema"], out.stderr
+    assert out.stdout.splitlines() == [
+        "1 applied  initial schema",
+        "2 applied  promise tag index (SQLite)",
+    ], out.stderr
 
 
 def test_migrate_off_refuses_a_stale_schema(cluster: PostgresCluster, workdir: Path) -> None:
@@ -136,15 +144,18 @@ def test_migrate_off_refuses_a_stale_schema(cluster: PostgresCluster, workdir: P
     )
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (
-        "resonate: error: the database schema needs migrations [1]: run `resonate migrate "
+        "resonate: error: the database schema needs migrations [1, 2]: run `resonate migrate "
         "apply` (or set aio.store.postgres.migrate)"
     )
     assert resonate("migrate", "status", *flags).stdout.splitlines() == [
-        "1 pending  initial schema"
+        "1 pending  initial schema",
+        "2 pending  promise tag index (SQLite)",
     ]
     assert resonate("migrate", "apply", *flags).stdout.splitlines() == [
         "applied 1: initial schema",
+        "applied 2: promise tag index (SQLite)",
         "1 applied  initial schema",
+        "2 applied  promise tag index (SQLite)",
     ]
 
 

@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from resonate_server import schema
+from resonate_server.records import Promise
 from resonate_server.store import StoreTx
-from resonate_store_sqlite.store import SqliteStore
+from resonate_store_sqlite.store import SqliteStore, SqliteTx
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from .conftest import ServerProcess, resonate
 from .group_commit import one_failure_in_a_batch
@@ -50,11 +53,23 @@ def test_migrate_command(workdir: Path) -> None:
     db = str(workdir / "m.db")
     out = resonate("migrate", "status", "--aio-store-sqlite-path", db)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["1 pending  initial schema"]
+    assert out.stdout.splitlines() == [
+        "1 pending  initial schema",
+        "2 pending  promise tag index (SQLite)",
+    ]
     out = resonate("migrate", "apply", "--aio-store-sqlite-path", db)
-    assert out.stdout.splitlines() == ["applied 1: initial schema", "1 applied  initial schema"]
+    assert out.stdout.splitlines() == [
+        "applied 1: initial schema",
+        "applied 2: promise tag index (SQLite)",
+        "1 applied  initial schema",
+        "2 applied  promise tag index (SQLite)",
+    ]
     out = resonate("migrate", "apply", "--aio-store-sqlite-path", db)
-    assert out.stdout.splitlines() == ["nothing to apply", "1 applied  initial schema"]
+    assert out.stdout.splitlines() == [
+        "nothing to apply",
+        "1 applied  initial schema",
+        "2 applied  promise tag index (SQLite)",
+    ]
 
 
 def test_unopenable_database_is_a_one_line_error(workdir: Path) -> None:
@@ -87,6 +102,94 @@ def test_a_failing_transaction_in_a_group_commit_undoes_only_itself(workdir: Pat
         await store.start()
         try:
             await one_failure_in_a_batch(store, hold)
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+
+def _tagged(i: int) -> Promise:
+    tags = {"color": ("red", "green", "blue")[i % 3], "n": str(i % 7)}
+    if i % 50 == 0:
+        tags["rare"] = "yes"
+    return Promise(f"p{i:03d}", "resolved" if i % 2 else "pending", {}, {}, tags, 2**62, 1, None)
+
+
+def test_tag_search_walks_the_tag_index(workdir: Path) -> None:
+    """promise.search by tags on SQLite reads the tag index, not every promise: the plan
+    searches ``promise_tags`` by key and value, and the results, paged by cursor, are exactly
+    the promises whose tags contain every searched pair. A database made before the index
+    (schema version 1) gets its promises indexed when it is migrated."""
+    path = workdir / "tags.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    dialect = sqlite_dialect.dialect()
+    old.execute(schema.bootstrap(dialect))
+    for statement in schema.MIGRATIONS[0].statements(dialect):
+        old.execute(statement)
+    old.execute("INSERT INTO resonate_schema VALUES (1, 'initial schema', 0)")
+    old.close()
+    promises = [_tagged(i) for i in range(300)]
+
+    async def fill_old(tx: StoreTx) -> None:
+        for p in promises[:150]:
+            assert await tx.insert_promise(p)
+
+    async def fill_new(tx: StoreTx) -> None:
+        for p in promises[150:]:
+            assert await tx.insert_promise(p)
+
+    async def search(store: SqliteStore, state: str | None, tags: dict[str, str]) -> list[str]:
+        found: list[str] = []
+        cursor = None
+        while True:
+            page = await store.transact(
+                lambda tx: tx.search_promises(state, tags, 7, cursor)  # noqa: B023
+            )
+            found += [p.id for p in page]
+            if len(page) < 7:
+                return found
+            cursor = page[-1].id
+
+    async def plan(tx: StoreTx) -> list[str]:
+        assert isinstance(tx, SqliteTx)
+        statements: list[str] = []
+        tx.c.set_trace_callback(statements.append)
+        try:
+            await tx.search_promises("pending", {"color": "red", "n": "3"}, 10, "p010")
+        finally:
+            tx.c.set_trace_callback(None)
+        select = [s for s in statements if s.startswith("SELECT")][-1]  # the search itself
+        return [r[3] for r in tx.c.execute("EXPLAIN QUERY PLAN " + select)]
+
+    async def main() -> None:
+        store = SqliteStore(str(path))
+        await store.start(migrate=False)
+        await store.transact(fill_old)
+        await store.close()
+        store = SqliteStore(str(path))
+        await store.start()
+        try:
+            assert (await store.schema_versions())[0] == [1, 2]
+            await store.transact(fill_new)
+            cases: list[tuple[str | None, dict[str, str]]] = [
+                (None, {"rare": "yes"}),
+                ("pending", {"color": "red", "n": "3"}),
+                ("resolved", {"color": "blue"}),
+                (None, {"n": "4", "color": "green", "rare": "yes"}),
+                (None, {"nope": "x"}),
+                (None, {"color": "red", "n": "9"}),
+            ]
+            for state, tags in cases:
+                expected = [
+                    p.id
+                    for p in promises
+                    if (state is None or p.state == state)
+                    and all(p.tags.get(k) == v for k, v in tags.items())
+                ]
+                assert await search(store, state, tags) == expected, (state, tags)
+            steps = await store.transact(plan)
+            assert any(s.startswith("SEARCH t USING PRIMARY KEY (key=? AND value=?") for s in steps)
+            assert not any(s.startswith(("SCAN p", "SCAN t", "SCAN promises")) for s in steps)
         finally:
             await store.close()
 

@@ -171,7 +171,31 @@ def _initial(dialect: Dialect) -> list[str]:
     return out
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial),)
+#: SQLite's index of promise tags: one row per (key, value) of each promise, in id order.
+TAG_INDEX = "promise_tags"
+
+
+def _tag_index(dialect: Dialect) -> list[str]:
+    """SQLite: the tag index, filled by a trigger on every promise insert and backfilled from
+    the promises already stored (tags never change and promises are never deleted one by
+    one). Nothing on PostgreSQL, which has the GIN index of the initial schema."""
+    if dialect.name != "sqlite":
+        return []
+    return [
+        f"CREATE TABLE IF NOT EXISTS {TAG_INDEX} (key TEXT NOT NULL, value TEXT NOT NULL, "
+        "promise_id TEXT NOT NULL, PRIMARY KEY (key, value, promise_id)) WITHOUT ROWID",
+        f"CREATE TRIGGER IF NOT EXISTS {TAG_INDEX}_insert AFTER INSERT ON promises BEGIN "
+        f"INSERT OR IGNORE INTO {TAG_INDEX} (key, value, promise_id) "
+        "SELECT key, value, NEW.id FROM json_each(NEW.tags); END",
+        f"INSERT OR IGNORE INTO {TAG_INDEX} (key, value, promise_id) "
+        "SELECT j.key, j.value, p.id FROM promises p, json_each(p.tags) j",
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _initial),
+    Migration(2, "promise tag index (SQLite)", _tag_index),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

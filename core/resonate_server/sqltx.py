@@ -162,14 +162,20 @@ class SqlTx(StoreTx):
         )
 
     def _filters(
-        self, cursor: str | None, state: str | None, tags: Mapping[str, str], tag_col: str
+        self,
+        cursor: str | None,
+        state: str | None,
+        tags: Mapping[str, str],
+        tag_col: str,
+        id_col: str = "id",
+        state_col: str = "state",
     ) -> tuple[str, list[Any]]:
         where, args = ["TRUE"], []
         if cursor is not None:
-            where.append("id > ?")
+            where.append(f"{id_col} > ?")
             args.append(cursor)
         if state is not None:
-            where.append("state = ?")
+            where.append(f"{state_col} = ?")
             args.append(state)
         if tags:
             where.append(self.TAG_MATCH.format(col=tag_col))

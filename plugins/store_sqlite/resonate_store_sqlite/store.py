@@ -15,11 +15,12 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from resonate_server import schema
-from resonate_server.sqltx import SqlTx
+from resonate_server.records import Promise
+from resonate_server.sqltx import PROMISE_COLS_AS_P, SqlTx, promise_row
 from resonate_server.store import (
     Store,
     StoreError,
@@ -81,6 +82,43 @@ class SqliteTx(SqlTx):
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
         return self.c.execute(sql, args).rowcount
 
+    async def search_promises(
+        self, state: str | None, tags: Mapping[str, str], limit: int, cursor: str | None
+    ) -> list[Promise]:
+        """With tags, walk the tag index for the rarest of them (in id order, so ``limit``
+        stops the walk early) and check the rest on each promise; without, the shared SQL."""
+        if not tags:
+            return await super().search_promises(state, tags, limit, cursor)
+        key, value = await self._rarest(tags) if len(tags) > 1 else next(iter(tags.items()))
+        others = {k: v for k, v in tags.items() if k != key}
+        where, args = self._filters(cursor, state, others, "p.tags", "t.promise_id", "p.state")
+        rows = await self._rows(
+            f"SELECT {PROMISE_COLS_AS_P} FROM {schema.TAG_INDEX} t CROSS JOIN promises p "
+            f"ON p.id = t.promise_id WHERE t.key = ? AND t.value = ? AND {where} "
+            "ORDER BY t.promise_id LIMIT ?",
+            (key, value, *args, limit),
+        )
+        return [promise_row(r) for r in rows]
+
+    async def _rarest(self, tags: Mapping[str, str]) -> tuple[str, str]:
+        """The tag with the fewest promises, counting each only up to :data:`_COUNT_CAP`."""
+        items = list(tags.items())
+        count = (
+            f"(SELECT count(*) FROM (SELECT 1 FROM {schema.TAG_INDEX} "
+            f"WHERE key = ? AND value = ? LIMIT {_COUNT_CAP}))"
+        )
+        row = await self._row(
+            "SELECT " + ", ".join([count] * len(items)), [v for kv in items for v in kv]
+        )
+        assert row is not None
+        return min(zip(row, items, strict=True), key=lambda pair: pair[0])[1]
+
+    async def reset(self) -> None:
+        await super().reset()
+        await self._exec(f"DELETE FROM {schema.TAG_INDEX}")
+
+
+_COUNT_CAP = 100_000  #: beyond this many promises, tags count as equally common
 
 Job = tuple[Callable[[SqliteTx], Awaitable[Any]], "asyncio.Future[Any]"]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
