@@ -61,8 +61,10 @@ NOISY_CPU = 25.0
 #: Seconds in a row the machine must be that quiet before a run (--wait-quiet).
 QUIET_SECONDS = 3
 
+#: scale-search: concurrent searches (each may read thousands of rows).
+SEARCH_CLIENTS = 4
+
 #: Which number picks the median run of a workload repeated with --repeat.
-SEARCH_CLIENTS = 4  #: scale-search: concurrent searches (each may read thousands of rows)
 MEDIAN_BY = {"create-rate": "p99", "scale-get": "p99", "sse-idle": "server_rss_mb"}
 
 

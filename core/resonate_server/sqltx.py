@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import orjson
 
 from .records import PENDING, Promise, Schedule, Task
-from .schema import TABLES
+from .schema import TABLES, promises
 from .store import Message, Snapshot, StoreTx
 
 _dumps = orjson.dumps
@@ -33,23 +33,14 @@ SCHEDULE_COLS = (
 )
 
 
-#: The columns of a promise insert, in the order of :func:`promise_insert_args`.
-PROMISE_INSERT_COLS = (
-    "id",
-    "state",
-    "param",
-    "value",
-    "tags",
-    "target",
-    "branch",
-    "timeout_at",
-    "created_at",
-    "settled_at",
-)
+#: The columns of a promise insert (every column of the table), in the order of
+#: :func:`promise_insert_args`.
+PROMISE_INSERT_COLS = tuple(c.name for c in promises.columns)
 
 
 def promise_insert_args(p: Promise) -> tuple[Any, ...]:
-    """The values of :data:`PROMISE_INSERT_COLS` for ``p`` (JSON columns as compact text)."""
+    """The values of :data:`PROMISE_INSERT_COLS` for ``p``, in the table's column order (JSON
+    columns as compact text)."""
     return (
         p.id,
         p.state,

@@ -228,10 +228,13 @@ class _Rest:
                 return done.value
 
 
+_ARRAYS = ", ".join(
+    f"${i}::{schema.promises.c[name].type.compile(dialect=postgresql.dialect())}[]"
+    for i, name in enumerate(PROMISE_INSERT_COLS, 1)
+)
+#: Many promise inserts at once: one array per column (types from the schema); the new ids.
 _INSERT_PROMISES = (
-    f"INSERT INTO promises ({', '.join(PROMISE_INSERT_COLS)}) "
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], "
-    "$6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[]) "
+    f"INSERT INTO promises ({', '.join(PROMISE_INSERT_COLS)}) SELECT * FROM unnest({_ARRAYS}) "
     "ON CONFLICT DO NOTHING RETURNING id"
 )
 

@@ -65,6 +65,11 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     return done
 
 
+#: A tag search counts the promises of each searched tag up to this many; beyond, tags count
+#: as equally common.
+_COUNT_CAP = 100_000
+
+
 class SqliteTx(SqlTx):
     """The shared SQL on the writer's connection; never suspends."""
 
@@ -117,8 +122,6 @@ class SqliteTx(SqlTx):
         await super().reset()
         await self._exec(f"DELETE FROM {schema.TAG_INDEX}")
 
-
-_COUNT_CAP = 100_000  #: beyond this many promises, tags count as equally common
 
 Job = tuple[Callable[[SqliteTx], Awaitable[Any]], "asyncio.Future[Any]"]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
