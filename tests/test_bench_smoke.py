@@ -26,6 +26,7 @@ EXPECTED = [
     ("task", "sqlite"),
     ("sdk", "sqlite"),
     ("scale-get", "sqlite"),
+    ("scale-search", "sqlite"),
     ("scale-create", "sqlite"),
     ("sse-idle", "sqlite"),
 ]
