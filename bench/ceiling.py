@@ -9,6 +9,10 @@ the envelope work allow on this machine; the benchmark reports the real server's
 throughput as a fraction of it.
 
     python -m bench.ceiling --host 127.0.0.1 --port 9000
+
+``--front lean`` serves the same work through the server's lean HTTP front
+(:mod:`resonate_server.rpc_http`) instead of an aiohttp handler. That is not the ceiling
+issue 6 defines; it shows what the server's own HTTP path costs without storage.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from resonate_server import engine
 from resonate_server import protocol as proto
 from resonate_server.addresses import BUILTIN_SCHEMES
 from resonate_server.app import tune_gc
+from resonate_server.rpc_http import RpcListener
 
 
 def answer(body: bytes, now: int) -> tuple[int, bytes]:
@@ -42,15 +47,17 @@ def answer(body: bytes, now: int) -> tuple[int, bytes]:
     return status, proto.render(env.kind, env.corr_id, status, data)
 
 
+_clock = [0]
+
+
+def now() -> int:
+    t = int(time.time() * 1000)
+    if t > _clock[0]:
+        _clock[0] = t
+    return _clock[0]
+
+
 def build_app() -> web.Application:
-    clock = [0]
-
-    def now() -> int:
-        t = int(time.time() * 1000)
-        if t > clock[0]:
-            clock[0] = t
-        return clock[0]
-
     async def rpc(request: web.Request) -> web.Response:
         status, body = answer(await request.read(), now())
         return web.Response(body=body, status=status, content_type="application/json")
@@ -64,16 +71,28 @@ def build_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, front: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(build_app(), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    listener = None
+    if front == "lean":
+
+        async def rpc(body: bytes) -> tuple[int, bytes]:
+            return answer(body, now())
+
+        assert runner.server is not None
+        listener = RpcListener(rpc, runner.server, 10 * 2**20, 3630.0)
+        await listener.start(host, port)
+    else:
+        await web.TCPSite(runner, host, port).start()
     tune_gc()
     await stop.wait()
+    if listener is not None:
+        await listener.close()
     await runner.cleanup()
 
 
@@ -81,8 +100,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description="no-storage ceiling server for the benchmark")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--front", choices=("aiohttp", "lean"), default="aiohttp")
     args = p.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, args.front))
 
 
 if __name__ == "__main__":

@@ -130,6 +130,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="ARG",
         help="extra argument for every `resonate serve` (repeatable; use --server-arg=--flag)",
     )
+    p.add_argument(
+        "--ceiling-front",
+        choices=("aiohttp", "lean"),
+        default="aiohttp",
+        help="the ceiling's HTTP layer: an aiohttp handler (issue 6's ceiling, the default) or "
+        "the server's lean RPC front, for comparison",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument(
         "--compare",
@@ -326,7 +333,7 @@ class Suite:
             if prepare is not None:
                 prepare()
             if store is None:
-                server = ceiling_server(self.workdir)
+                server = ceiling_server(self.workdir, self.args.ceiling_front)
             else:
                 server = resonate_server(
                     store, self.workdir, label, [*self.extra_flags(), *(flags or [])]
@@ -376,6 +383,7 @@ class Suite:
     # --- the workloads -----------------------------------------------------------------------
 
     def run_ceiling(self, kind: str) -> None:
+        front_note = "; lean front" if self.args.ceiling_front == "lean" else ""
         a = self.args
 
         def body(server: Process) -> None:
@@ -384,7 +392,9 @@ class Suite:
                 wl.create(server.port, self.run_id + "ceil-", a.concurrency, self.phase(w))
             )
             stats.extra["for"] = kind
-            self.row("ceiling", "none", stats, w, server, note=f"no storage; next to {kind}")
+            self.row(
+                "ceiling", "none", stats, w, server, note=f"no storage; next to {kind}" + front_note
+            )
 
         self.with_server("ceiling", None, body)
 

@@ -28,6 +28,7 @@ from .engine import Ctx, StateChange
 from .logs import RequestLog
 from .plugins import PluginManager
 from .records import execute_message, unblock_message
+from .rpc_http import RpcListener
 from .store import (
     Message,
     Store,
@@ -46,6 +47,8 @@ LEGACY_PREFIXES = ("/promises", "/schedules", "/tasks")
 LEGACY_BODY = orjson.dumps(
     {"error": "This endpoint is no longer supported. Please update to the latest SDK."}
 )
+#: Idle keep-alive connections are closed after this long (aiohttp's default).
+KEEPALIVE_TIMEOUT = 3630.0
 DEBUG_KINDS = frozenset({"debug.start", "debug.stop", "debug.reset", "debug.tick", "debug.snap"})
 
 
@@ -191,14 +194,26 @@ class Server:
         return result
 
     async def handle_rpc(self, request: web.Request) -> web.Response:
+        """``POST /`` through aiohttp (requests the lean front hands over, and test clients)."""
+        try:
+            body: bytes | None = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            body = None
+        status, payload = await self.rpc(body)
+        return web.Response(body=payload, status=status, content_type="application/json")
+
+    async def rpc(self, body: bytes | None) -> tuple[int, bytes]:
+        """Answer one ``POST /`` body (None: over the size limit) with the status and reply.
+
+        Every RPC goes through here, whichever HTTP layer received it; never raises.
+        """
         started = time.perf_counter()
         self.in_flight += 1
         self._idle.clear()
         kind, corr_id, status = "unknown", "0", 500
         try:
-            kind, corr_id, status, data = await self._dispatch(request)
-            body = proto.render(kind, corr_id, status, data)
-            return web.Response(body=body, status=status, content_type="application/json")
+            kind, corr_id, status, data = await self._dispatch(body)
+            return status, proto.render(kind, corr_id, status, data)
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -212,10 +227,8 @@ class Server:
                     kind, status, duration, f"{self._boot:x}-{self._request_seq:x}", corr_id
                 )
 
-    async def _dispatch(self, request: web.Request) -> tuple[str, str, int, Any]:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+    async def _dispatch(self, body: bytes | None) -> tuple[str, str, int, Any]:
+        if body is None:
             limit = self.settings["api.http.max_body_size"]
             return "unknown", "0", 413, f"Request body exceeds the limit of {limit} bytes"
         try:
@@ -374,6 +387,12 @@ class Server:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    async def _drain(self, listener: RpcListener) -> None:
+        """Return once no request is in flight, or partly received by the lean front."""
+        while listener.receiving():
+            await asyncio.sleep(0.02)
+        await self.wait_idle()
+
     async def serve(self, host: str, port: int, ready: Callable[[], None] | None = None) -> None:
         """Run until SIGTERM/SIGINT, then shut down gracefully within the timeout."""
         loop = asyncio.get_running_loop()
@@ -391,9 +410,12 @@ class Server:
             self.app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=self.shutdown_timeout)
+        assert runner.server is not None
+        listener = RpcListener(
+            self.rpc, runner.server, self.settings["api.http.max_body_size"], KEEPALIVE_TIMEOUT
+        )
         try:
-            await site.start()
+            await listener.start(host, port)
         except OSError as e:
             await self.stop_background()
             raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -407,7 +429,7 @@ class Server:
         log.info("shutting down (timeout %gs)", self.shutdown_timeout)
         self.accepting = False
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.wait_idle(), max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(self._drain(listener), max(0.0, deadline - loop.time()))
         try:
             await asyncio.wait_for(self.stop_background(), max(0.5, deadline - loop.time()))
         except TimeoutError:
@@ -415,6 +437,7 @@ class Server:
                 "background work did not stop within the shutdown timeout (%gs); exiting anyway",
                 self.shutdown_timeout,
             )
+        await listener.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(runner.cleanup(), max(0.5, deadline - loop.time()))
         if self.request_log is not None:
