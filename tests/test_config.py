@@ -3,7 +3,9 @@ and every mistake is a one-line error that names the key and where it came from.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +193,32 @@ def test_missing_config_file(workdir: Path) -> None:
     assert error("--config", "nope.yaml", cwd=workdir) == (
         "resonate: error: config file not found: nope.yaml"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("x", "expected CPU numbers like 1 or 0,2-3, got 'x'"),
+        ("1-0", "the range '1-0' is empty"),
+        ("4096", "CPU 4096 is not available to this process (available: "),
+    ],
+)
+def test_bad_cpu_affinity(workdir: Path, value: str, message: str) -> None:
+    assert error("--cpu-affinity", value, cwd=workdir).startswith(
+        f"resonate: error: 'cpu_affinity': {message}"
+    )
+
+
+def test_cpu_affinity_pins_every_thread(make_server: Any) -> None:
+    cpu = min(os.sched_getaffinity(0))
+    s = make_server("--cpu-affinity", str(cpu))
+    assert s.client().get("/healthz").status == 200
+    assert s.proc is not None
+    for task in Path(f"/proc/{s.proc.pid}/task").iterdir():
+        allowed = [
+            line
+            for line in (task / "status").read_text().splitlines()
+            if "Cpus_allowed_list" in line
+        ]
+        assert allowed == [f"Cpus_allowed_list:\t{cpu}"], task
+    assert f"running on CPUs {cpu}" in s.log()

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from . import engine
 from . import protocol as proto
 from .addresses import BUILTIN_SCHEMES, parse
 from .config import Settings
+from .core_plugin import cpus_setting
 from .engine import Ctx, StateChange
 from .logs import RequestLog
 from .plugins import PluginManager
@@ -399,6 +401,10 @@ class Server:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        cpus = cpus_setting(self.settings)
+        if cpus is not None:  # before the store starts its threads, which inherit it
+            os.sched_setaffinity(0, cpus)
+            log.info("running on CPUs %s", ",".join(map(str, sorted(cpus))))
         try:
             await self.start_background()
         except BaseException:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pluggy
 
 from .config import Duration, Setting, Settings
@@ -81,6 +83,14 @@ def resonate_config_settings() -> list[Setting]:
             "Messages of each kind taken from the outbox per delivery round.",
             minimum=1,
         ),
+        Setting(
+            "cpu_affinity",
+            str,
+            "",
+            "Run the server on these CPUs only, e.g. 1 or 0,2-3 (empty: wherever the OS puts "
+            "it). Its Python work uses one core at a time; pinned to one CPU, its threads hand "
+            "work to each other more cheaply (docs/operations.md).",
+        ),
         # The seed's PostgreSQL surface; the store itself comes from the postgres plugin.
         Setting("aio.store.postgres.enable", bool, False, "Use PostgreSQL as the store."),
         Setting("aio.store.postgres.host", str, "localhost", "PostgreSQL host."),
@@ -104,4 +114,39 @@ def resonate_config_validate(settings: Settings) -> list[str]:
         errors.append("'tasks.retry_timeout' must be greater than 0")
     if settings["timeouts.poll_interval"] <= 0:
         errors.append("'timeouts.poll_interval' must be greater than 0")
+    try:
+        cpus_setting(settings)
+    except ValueError as e:
+        errors.append(f"'cpu_affinity': {e}")
     return errors
+
+
+def parse_cpus(text: str) -> set[int]:
+    """CPU numbers from a list like ``0,2-3``; ValueError when malformed."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            raise ValueError(f"expected CPU numbers like 1 or 0,2-3, got {text!r}")
+        low, high = int(first), int(last) if sep else int(first)
+        if high < low:
+            raise ValueError(f"the range {part.strip()!r} is empty")
+        cpus.update(range(low, high + 1))
+    return cpus
+
+
+def cpus_setting(settings: Settings) -> set[int] | None:
+    """The CPUs ``cpu_affinity`` names (None when empty); ValueError when this process may
+    not run on one of them."""
+    text = settings["cpu_affinity"].strip()
+    if not text:
+        return None
+    cpus = parse_cpus(text)
+    allowed = os.sched_getaffinity(0)
+    missing = sorted(cpus - allowed)
+    if missing:
+        raise ValueError(
+            f"CPU {missing[0]} is not available to this process (available: "
+            f"{','.join(map(str, sorted(allowed)))})"
+        )
+    return cpus
