@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import time
 
@@ -27,6 +28,7 @@ from resonate_server import engine
 from resonate_server import protocol as proto
 from resonate_server.addresses import BUILTIN_SCHEMES
 from resonate_server.app import tune_gc
+from resonate_server.core_plugin import parse_cpus
 from resonate_server.rpc_http import RpcListener
 
 
@@ -101,7 +103,10 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--front", choices=("aiohttp", "lean"), default="aiohttp")
+    p.add_argument("--cpus", default="", help="run on these CPUs only (as --cpu-affinity)")
     args = p.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, parse_cpus(args.cpus))
     asyncio.run(serve(args.host, args.port, args.front))
 
 

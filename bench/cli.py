@@ -22,6 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from resonate_server.core_plugin import parse_cpus
+
 from . import seed as seeding
 from . import workloads as wl
 from .load import Phase, Stats, Window
@@ -131,6 +133,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra argument for every `resonate serve` (repeatable; use --server-arg=--flag)",
     )
     p.add_argument(
+        "--server-cpus",
+        default="",
+        metavar="CPUS",
+        help="pin the server (resonate serve --cpu-affinity CPUS) and the ceiling server to "
+        "these CPUs, e.g. 1, and this benchmark process (load generator, PostgreSQL, SDK) to "
+        "the others (default: no pinning; docs/operations.md#cpu-placement)",
+    )
+    p.add_argument(
         "--ceiling-front",
         choices=("aiohttp", "lean"),
         default="aiohttp",
@@ -212,7 +222,8 @@ class Suite:
         print(msg, file=sys.stderr, flush=True)
 
     def extra_flags(self) -> list[str]:
-        return ["--api-http-timeout", "2s", *self.args.server_arg]
+        pin = ["--cpu-affinity", self.args.server_cpus] if self.args.server_cpus else []
+        return ["--api-http-timeout", "2s", *pin, *self.args.server_arg]
 
     def new_store(self, kind: str, label: str) -> Store:
         if kind == "sqlite":
@@ -333,7 +344,9 @@ class Suite:
             if prepare is not None:
                 prepare()
             if store is None:
-                server = ceiling_server(self.workdir, self.args.ceiling_front)
+                server = ceiling_server(
+                    self.workdir, self.args.ceiling_front, self.args.server_cpus
+                )
             else:
                 server = resonate_server(
                     store, self.workdir, label, [*self.extra_flags(), *(flags or [])]
@@ -608,6 +621,7 @@ class Suite:
                 pg_version = self.pg.version()
             self.machine = machine_info(pg_version)
             self.machine["server_plugins"] = plugins()
+            self.machine["server_cpus"] = a.server_cpus or None
             self.say(
                 f"machine: {self.machine['nproc']} cores ({self.machine['cpu']}), "
                 f"{self.machine['memory_gib']} GiB, Python {self.machine['python']}, "
@@ -722,7 +736,8 @@ class Suite:
             f"{m['memory_gib']} GiB; Python "
             f"{m['python']}, aiohttp {m['aiohttp']}, SQLite {m['sqlite']}, PostgreSQL "
             f"{m['postgres'] or '-'}; load average at start {m['loadavg_start']}, at end "
-            f"{m['loadavg_end']}; suite took {m['suite_seconds']} s",
+            f"{m['loadavg_end']}; suite took {m['suite_seconds']} s"
+            + (f"; server pinned to CPUs {m['server_cpus']}" if m.get("server_cpus") else ""),
         ]
         if any(r["noisy"] for r in self.rows):
             lines.append(
@@ -821,6 +836,15 @@ def _no_nan(x: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.server_cpus:
+        try:
+            server_cpus = parse_cpus(args.server_cpus)
+        except ValueError as e:
+            print(f"--server-cpus: {e}", file=sys.stderr)
+            return 2
+        others = os.sched_getaffinity(0) - server_cpus
+        if others:  # PostgreSQL and the SDK process, started later, inherit it
+            os.sched_setaffinity(0, others)
     suite = Suite(args)
     with contextlib.suppress(KeyboardInterrupt):
         return suite.run()

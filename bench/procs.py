@@ -350,10 +350,10 @@ def resonate_server(store: Store, workdir: Path, label: str, extra: list[str]) -
     return Process(argv, port, workdir / f"{label}.log", f"resonate server ({label})")
 
 
-def ceiling_server(workdir: Path, front: str = "aiohttp") -> Process:
+def ceiling_server(workdir: Path, front: str = "aiohttp", cpus: str = "") -> Process:
     port = free_port()
     argv = [sys.executable, "-m", "bench.ceiling", "--host", HOST, "--port", str(port)]
-    argv += ["--front", front]
+    argv += ["--front", front, *(["--cpus", cpus] if cpus else [])]
     return Process(argv, port, workdir / "ceiling.log", "ceiling server", cwd=ROOT)
 
 

@@ -200,7 +200,7 @@ def test_missing_config_file(workdir: Path) -> None:
     [
         ("x", "expected CPU numbers like 1 or 0,2-3, got 'x'"),
         ("1-0", "the range '1-0' is empty"),
-        ("4096", "CPU 4096 is not available to this process (available: "),
+        ("4096", "CPU 4096 does not exist (this machine has CPUs 0-"),
     ],
 )
 def test_bad_cpu_affinity(workdir: Path, value: str, message: str) -> None:

@@ -403,8 +403,12 @@ class Server:
             loop.add_signal_handler(sig, stop.set)
         cpus = cpus_setting(self.settings)
         if cpus is not None:  # before the store starts its threads, which inherit it
-            os.sched_setaffinity(0, cpus)
-            log.info("running on CPUs %s", ",".join(map(str, sorted(cpus))))
+            names = ",".join(map(str, sorted(cpus)))
+            try:
+                os.sched_setaffinity(0, cpus)
+            except OSError as e:
+                raise StartupError(f"cannot run on CPUs {names}: {e.strerror or e}") from None
+            log.info("running on CPUs %s", names)
         try:
             await self.start_background()
         except BaseException:

@@ -136,17 +136,14 @@ def parse_cpus(text: str) -> set[int]:
 
 
 def cpus_setting(settings: Settings) -> set[int] | None:
-    """The CPUs ``cpu_affinity`` names (None when empty); ValueError when this process may
-    not run on one of them."""
+    """The CPUs ``cpu_affinity`` names (None when empty); ValueError when the machine lacks
+    one of them."""
     text = settings["cpu_affinity"].strip()
     if not text:
         return None
     cpus = parse_cpus(text)
-    allowed = os.sched_getaffinity(0)
-    missing = sorted(cpus - allowed)
+    count = os.cpu_count() or 1
+    missing = sorted(c for c in cpus if c >= count)
     if missing:
-        raise ValueError(
-            f"CPU {missing[0]} is not available to this process (available: "
-            f"{','.join(map(str, sorted(allowed)))})"
-        )
+        raise ValueError(f"CPU {missing[0]} does not exist (this machine has CPUs 0-{count - 1})")
     return cpus
