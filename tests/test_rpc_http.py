@@ -192,3 +192,10 @@ def test_a_created_promise_round_trips_through_the_front(raw: Raw) -> None:
     status, _, body = raw.reply()
     promise = json.loads(body)["data"]["promise"]
     assert status == 200 and promise["id"] == "front-1" and promise["param"]["data"] == "aGk="
+
+
+def test_requests_before_a_half_close_are_all_answered(raw: Raw) -> None:
+    raw.send(get_promise("h1") + get_promise("h2"))
+    raw.sock.shutdown(socket.SHUT_WR)
+    assert [corr_id(raw.reply()[2]) for _ in range(2)] == ["h1", "h2"]
+    assert raw.closed_by_server()

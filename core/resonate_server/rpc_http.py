@@ -70,9 +70,11 @@ class RpcConnection(asyncio.Protocol):
     """One client connection; see the module docstring."""
 
     __slots__ = (
+        "answering",
         "buf",
         "busy",
         "connections",
+        "eof",
         "fallback",
         "last_active",
         "max_body",
@@ -95,7 +97,9 @@ class RpcConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.busy = False
+        self.eof = False  # the peer sent FIN while a reply was in flight
         self.paused = False
+        self.answering: asyncio.Task[None] | None = None
         self.last_active = time.monotonic()
 
     # --- asyncio callbacks -------------------------------------------------------------
@@ -119,7 +123,9 @@ class RpcConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        return self.busy  # keep the socket open to send the reply in flight, then close
+        """Keep a half-closed socket open only to send the reply in flight."""
+        self.eof = self.busy
+        return self.busy
 
     # --- requests ----------------------------------------------------------------------
 
@@ -162,10 +168,11 @@ class RpcConnection(asyncio.Protocol):
         del buf[:stop]
         self.busy = True
         self.last_active = time.monotonic()
-        asyncio.get_running_loop().create_task(self._answer(body, close))
+        self.answering = asyncio.get_running_loop().create_task(self._answer(body, close))
 
     async def _answer(self, body: bytes, close: bool) -> None:
         status, payload = await self.rpc(body)
+        self.answering = None
         self.busy = False
         self.last_active = time.monotonic()
         transport = self.transport
@@ -179,6 +186,8 @@ class RpcConnection(asyncio.Protocol):
             self.paused = False
             transport.resume_reading()
         self._next()
+        if self.eof and not self.busy and self.transport is not None:
+            self.transport.close()  # the peer sends nothing more: answered all it sent
 
     def _hand_over(self) -> None:
         """Give the connection, with the bytes not yet answered, to aiohttp's handler."""
