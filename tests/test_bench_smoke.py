@@ -8,6 +8,7 @@ no error (a non-2xx reply or a broken connection).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,22 @@ def test_inprocess_smoke() -> None:
         "handle_rpc, store included",
         "metrics observe_request",
     ], proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_bench_pinned_with_the_lean_ceiling(tmp_path: Path) -> None:
+    """``--server-cpus`` and ``--ceiling-front lean`` keep working (no timing is looked at)."""
+    cpu = str(min(os.sched_getaffinity(0)))
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bench", "--stores", "sqlite", "--workloads", "create"]
+    argv += ["--duration", "1", "--warmup", "0.5", "--concurrency", "8"]
+    argv += ["--server-cpus", cpu, "--ceiling-front", "lean"]
+    argv += ["--json", str(out), "--workdir", str(tmp_path)]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    assert report["failures"] == []
+    rows = {r["workload"]: r for r in report["results"]}
+    assert rows["create"]["errors"] == 0 and rows["create"]["throughput"] > 0
+    assert "lean front" in rows["ceiling"]["note"] and rows["ceiling"]["throughput"] > 0
+    assert report["machine"]["server_cpus"] == cpu
