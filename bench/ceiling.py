@@ -49,6 +49,7 @@ def answer(body: bytes, now: int) -> tuple[int, bytes]:
     return status, proto.render(env.kind, env.corr_id, status, data)
 
 
+MAX_BODY = 10 * 2**20  #: the server's default api.http.max_body_size
 _clock = [0]
 
 
@@ -67,7 +68,7 @@ def build_app() -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    app = web.Application(client_max_size=10 * 2**20)
+    app = web.Application(client_max_size=MAX_BODY)
     app.router.add_post("/", rpc)
     app.router.add_get("/healthz", healthz)
     return app
@@ -87,7 +88,7 @@ async def serve(host: str, port: int, front: str) -> None:
             return answer(body, now())
 
         assert runner.server is not None
-        listener = RpcListener(rpc, runner.server, 10 * 2**20, 3630.0)
+        listener = RpcListener(rpc, runner.server, MAX_BODY)
         await listener.start(host, port)
     else:
         await web.TCPSite(runner, host, port).start()

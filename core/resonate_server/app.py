@@ -49,8 +49,6 @@ LEGACY_PREFIXES = ("/promises", "/schedules", "/tasks")
 LEGACY_BODY = orjson.dumps(
     {"error": "This endpoint is no longer supported. Please update to the latest SDK."}
 )
-#: Idle keep-alive connections are closed after this long (aiohttp's default).
-KEEPALIVE_TIMEOUT = 3630.0
 DEBUG_KINDS = frozenset({"debug.start", "debug.stop", "debug.reset", "debug.tick", "debug.snap"})
 
 
@@ -421,9 +419,7 @@ class Server:
         )
         await runner.setup()
         assert runner.server is not None
-        listener = RpcListener(
-            self.rpc, runner.server, self.settings["api.http.max_body_size"], KEEPALIVE_TIMEOUT
-        )
+        listener = RpcListener(self.rpc, runner.server, self.settings["api.http.max_body_size"])
         try:
             await listener.start(host, port)
         except OSError as e:

@@ -25,10 +25,12 @@ from http import HTTPStatus
 #: The longest request head (request line and headers) answered here; longer ones go to
 #: aiohttp, which applies its own limits.
 MAX_HEAD = 16 * 1024
+#: Idle keep-alive connections are closed after this long (aiohttp's default).
+KEEPALIVE_TIMEOUT = 3630.0
 
 _REQUEST_LINE = b"POST / HTTP/1.1\r\n"
 _HEADERS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t -~\x80-\xff]*\r\n)*")
-_HANDED_OVER = re.compile(rb"\r\n(?:transfer-encoding|expect|upgrade)\s*:")
+_HANDED_OVER = re.compile(rb"\r\n(?:transfer-encoding|expect|upgrade):")
 _CONTENT_LENGTH = b"\r\ncontent-length:"
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 
@@ -195,20 +197,16 @@ class RpcConnection(asyncio.Protocol):
         assert transport is not None and not self.busy
         self.connections.discard(self)
         self.transport = None
-        if self.paused:
-            transport.resume_reading()
         handler = self.fallback()
         transport.set_protocol(handler)
         handler.connection_made(transport)
         data, self.buf = bytes(self.buf), bytearray()
         handler.data_received(data)
 
-    def close_if_idle(self, idle_before: float) -> bool:
-        """Close when no request is in flight or partly received since ``idle_before``."""
-        if self.busy or self.transport is None or self.last_active > idle_before:
-            return False
-        self.transport.close()
-        return True
+    def close_if_idle(self, idle_before: float) -> None:
+        """Close when no request started or finished since ``idle_before``."""
+        if not self.busy and self.transport is not None and self.last_active <= idle_before:
+            self.transport.close()
 
 
 def _closes(lower_headers: bytes) -> bool:
@@ -222,7 +220,11 @@ class RpcListener:
     """The listening socket: new connections start as :class:`RpcConnection`."""
 
     def __init__(
-        self, rpc: Rpc, fallback: Callable[[], asyncio.Protocol], max_body: int, idle: float
+        self,
+        rpc: Rpc,
+        fallback: Callable[[], asyncio.Protocol],
+        max_body: int,
+        idle: float = KEEPALIVE_TIMEOUT,
     ) -> None:
         self.rpc = rpc
         self.fallback = fallback
@@ -247,17 +249,14 @@ class RpcListener:
             for conn in list(self.connections):
                 conn.close_if_idle(before)
 
-    def stop_listening(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
     def receiving(self) -> bool:
         """Whether a request is in flight or partly received on a connection of this front."""
         return any(c.busy or c.buf for c in self.connections)
 
     async def close(self) -> None:
         """Stop listening and close every connection still here."""
-        self.stop_listening()
+        if self.server is not None:
+            self.server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for conn in list(self.connections):
