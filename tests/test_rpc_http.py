@@ -174,13 +174,13 @@ def test_a_client_gone_mid_request_leaves_the_server_serving(
     whole = get_promise("gone")
     raw.send(whole[: len(whole) - 5])
     raw.close()
-    with_body = Raw(debug_server.port)
+    other = Raw(debug_server.port)
     try:
-        with_body.send(get_promise("next"))
-        status, _, body = with_body.reply()
+        other.send(get_promise("next"))
+        status, _, body = other.reply()
         assert (status, corr_id(body)) == (404, "next")
     finally:
-        with_body.close()
+        other.close()
 
 
 def test_a_created_promise_round_trips_through_the_front(raw: Raw) -> None:
