@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import time
 from pathlib import Path
@@ -47,6 +48,29 @@ def test_locked_database_gives_503_then_recovers(make_server: Any, workdir: Path
     assert c.call("promise.create", {"id": "b", "timeoutAt": 2**62}).status == 200
     assert c.call("promise.get", {"id": "a"}).status == 200
     assert s.proc is not None and s.proc.poll() is None
+
+
+def test_a_locked_database_does_not_stall_the_server(make_server: Any, workdir: Path) -> None:
+    """While another connection holds the database lock, a write waits for it off the event
+    loop: the server keeps answering other requests, and the write commits once the lock goes."""
+    s = sqlite_server(make_server, workdir)
+    c = s.client()
+    blocker = sqlite3.connect(workdir / "resonate.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        write = pool.submit(c.call, "promise.create", {"id": "w", "timeoutAt": 2**62})
+        time.sleep(0.3)
+        started = time.monotonic()
+        assert c.get("/no/such/path").status == 404
+        assert time.monotonic() - started < 0.5
+        assert not write.done()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert write.result(timeout=10).status == 200
+    pool.shutdown()
+    assert c.call("promise.get", {"id": "w"}).status == 200
 
 
 def test_migrate_command(workdir: Path) -> None:
@@ -94,7 +118,7 @@ def test_a_failing_transaction_in_a_group_commit_undoes_only_itself(workdir: Pat
     commit (the store re-runs the batch with each transaction isolated)."""
 
     async def hold(tx: StoreTx) -> str:
-        time.sleep(0.2)  # blocks the writer thread so that the next ones queue up together
+        time.sleep(0.2)  # holds the store so that the next ones queue up together
         return "held"
 
     async def main() -> None:

@@ -1,21 +1,31 @@
-"""SQLite store: one connection owned by one writer thread, with group commit.
+"""SQLite store: one connection; transactions run on the event loop, the commit in a thread.
 
-Requests queue their transaction functions; the writer takes every queued one (up to
-``batch_size``), runs them one after another in one ``BEGIN IMMEDIATE`` transaction, commits
-once, and only then completes the callers' futures. Every acknowledged write is therefore on
-disk (``synchronous=FULL`` by default), while concurrent requests share one fsync. Should any
-function raise, the batch is rolled back and run again with each function in its own SAVEPOINT,
-so one failure never undoes another caller's work.
+Requests queue their transaction functions. The store's writer task takes every queued one (up
+to ``batch_size``), runs them one after another in one ``BEGIN IMMEDIATE`` transaction on the
+event loop, hands ``COMMIT`` (the fsync) to its I/O thread, and completes the callers' futures
+only once the commit returned. Every acknowledged write is therefore on disk
+(``synchronous=FULL`` by default), concurrent requests share one fsync, and requests arriving
+during a commit form the next batch. Should any function raise, the batch is rolled back and
+run again with each function in its own SAVEPOINT, so one failure never undoes another caller's
+work.
+
+Statements run on the loop because SQLite answers them from its cache in microseconds, while a
+second thread running them would contend for the GIL at every statement (``sqlite3`` releases
+it around each step). What can wait on the disk or on another process stays off the loop: the
+commit, opening and migrating, and a ``BEGIN`` that finds the database locked (the loop tries
+it without waiting; the I/O thread then waits up to the busy timeout). A statement that scans
+much of the database (a search by a common tag) holds the loop while it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
 from resonate_server import schema
@@ -71,7 +81,7 @@ _COUNT_CAP = 100_000
 
 
 class SqliteTx(SqlTx):
-    """The shared SQL on the writer's connection; never suspends."""
+    """The shared SQL on the store's connection; never suspends."""
 
     __slots__ = ("c",)
 
@@ -137,39 +147,56 @@ class RawJob(NamedTuple):
 class SqliteStore(Store):
     """The store; see the module docstring for the concurrency model."""
 
+    #: How long a ``BEGIN`` or ``COMMIT`` waits for another process's lock (ms).
+    BUSY_TIMEOUT_MS = 5000
+
     def __init__(self, path: str, synchronous: str = "FULL", batch_size: int = 256) -> None:
         self.path = path
         self.synchronous = synchronous
         self.batch_size = batch_size
-        self._queue: queue.SimpleQueue[Job | RawJob | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._pending: collections.deque[Job | RawJob] = collections.deque()
+        self._conn: sqlite3.Connection | None = None
+        self._io: ThreadPoolExecutor | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._migrate = True
-        self._transactions = 0  # written by the writer thread only
+        self._transactions = 0
         self._commits = 0
 
     def stats(self) -> StoreStats:
-        return StoreStats(self._queue.qsize(), self._transactions, self._commits)
+        return StoreStats(len(self._pending), self._transactions, self._commits)
 
     async def start(self, migrate: bool = True) -> None:
         self._migrate = migrate
         self._loop = asyncio.get_running_loop()
-        opened: asyncio.Future[None] = self._loop.create_future()
-        self._thread = threading.Thread(
-            target=self._run, args=(opened,), name="sqlite-writer", daemon=True
-        )
-        self._thread.start()
-        await opened
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="sqlite-io")
+        try:
+            self._conn = await self._loop.run_in_executor(self._io, self._open)
+        except Exception as e:
+            self._io.shutdown(wait=False)
+            self._io = None
+            raise StoreError(f"cannot open SQLite database {self.path!r}: {e}") from None
+        self._closing = False
+        self._writer = self._loop.create_task(self._write_loop(), name="sqlite-writer")
 
     async def close(self) -> None:
-        if self._thread is None:
+        """Finish the queued transactions, then close the connection."""
+        if self._writer is None:
             return
-        self._queue.put(None)
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-        self._thread = None
+        self._closing = True
+        self._notify()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+        assert self._io is not None and self._conn is not None
+        await asyncio.get_running_loop().run_in_executor(self._io, self._conn.close)
+        self._io.shutdown(wait=True)
+        self._conn = self._io = None
 
     async def ping(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
+        if self._writer is None or self._writer.done():
             raise StoreUnavailable("the SQLite writer is not running")
 
         async def probe(tx: StoreTx) -> None:
@@ -195,21 +222,28 @@ class SqliteStore(Store):
         return await self._raw(migrate)
 
     async def _raw(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` on the writer's connection outside any batch transaction."""
-        assert self._loop is not None
-        fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(RawJob(fn, fut))
-        return await fut
+        """Run ``fn`` on the connection in the I/O thread, outside any batch transaction."""
+        return await self._enqueue(RawJob(fn, self._new_future()))  # type: ignore[no-any-return]
 
     async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
-        if self._thread is None or not self._thread.is_alive():
+        return await self._enqueue((fn, self._new_future()))  # type: ignore[no-any-return]
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        if self._writer is None or self._closing:
             raise StoreUnavailable("the SQLite store is closed")
         assert self._loop is not None
-        fut: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, fut))
-        return await fut
+        return self._loop.create_future()
 
-    # --- the writer thread ---------------------------------------------------------------
+    async def _enqueue(self, job: Job | RawJob) -> Any:
+        self._pending.append(job)
+        self._notify()
+        return await job[1]
+
+    def _notify(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    # --- the writer task ----------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -217,66 +251,76 @@ class SqliteStore(Store):
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {self.BUSY_TIMEOUT_MS}")
         if self._migrate:
             migrate(conn)
+        conn.execute("PRAGMA busy_timeout = 0")
         return conn
 
-    def _run(self, opened: asyncio.Future[None]) -> None:
-        assert self._loop is not None
-        loop = self._loop
-        try:
-            conn = self._open()
-        except Exception as e:  # reported to start()
-            err = StoreError(f"cannot open SQLite database {self.path!r}: {e}")
-            loop.call_soon_threadsafe(_fail, opened, err)
-            return
-        loop.call_soon_threadsafe(_resolve, opened, None)
+    async def _write_loop(self) -> None:
+        assert self._loop is not None and self._conn is not None
+        loop, conn = self._loop, self._conn
         tx = SqliteTx(conn)
-        stop = False
-        while not stop:
-            job = self._queue.get()
-            if job is None:
-                break
-            if isinstance(job, RawJob):
-                self._run_raw(conn, job)
+        pending = self._pending
+        while True:
+            if not pending:
+                if self._closing:
+                    return
+                self._wake = loop.create_future()
+                await self._wake
+                self._wake = None
                 continue
-            batch = [job]
-            while len(batch) < self.batch_size:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                if isinstance(nxt, RawJob):
-                    outcomes = self._commit(conn, tx, batch)
-                    loop.call_soon_threadsafe(_deliver, outcomes)
-                    batch = []
-                    self._run_raw(conn, nxt)
-                    continue
-                batch.append(nxt)
-            if not batch:
+            if isinstance(pending[0], RawJob):
+                raw = pending.popleft()
+                assert isinstance(raw, RawJob)
+                await self._run_raw(raw)
                 continue
-            outcomes = self._commit(conn, tx, batch)
-            loop.call_soon_threadsafe(_deliver, outcomes)
-        conn.close()
+            batch: list[Job] = []
+            while pending and len(batch) < self.batch_size and not isinstance(pending[0], RawJob):
+                batch.append(pending.popleft())  # type: ignore[arg-type]
+            try:
+                outcomes = await self._commit(conn, tx, batch)
+            except Exception as e:
+                log.exception("SQLite batch failed")
+                err = StoreError(f"SQLite error: {e}")
+                outcomes = [(fut, None, err) for _, fut in batch]
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+            _deliver(outcomes)
 
-    def _run_raw(self, conn: sqlite3.Connection, job: RawJob) -> None:
-        assert self._loop is not None
+    async def _run_raw(self, job: RawJob) -> None:
+        assert self._loop is not None and self._conn is not None
         try:
-            outcome = (job.fut, job.fn(conn), None)
+            outcome = (job.fut, await self._in_thread(job.fn, self._conn), None)
         except Exception as e:
             outcome = (job.fut, None, StoreError(f"SQLite error: {e}"))
-        self._loop.call_soon_threadsafe(_deliver, [outcome])
+        _deliver([outcome])
 
-    def _commit(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[Job]) -> list[Outcome]:
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._io, fn, *args)
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` on the loop; if another connection holds the lock, wait for it
+        in the I/O thread."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if not _busy(e):
+                raise
+            await self._in_thread(_waiting, conn, "BEGIN IMMEDIATE", self.BUSY_TIMEOUT_MS)
+
+    async def _commit(
+        self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[Job]
+    ) -> list[Outcome]:
         """Run ``batch`` in one transaction without savepoints; if any job raises, roll back
         and run the batch again with each job isolated (:meth:`_commit_isolated`)."""
         live = [(fn, fut) for fn, fut in batch if not fut.cancelled()]
+        if not live:
+            return []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            await self._begin(conn)
         except sqlite3.Error as e:
             err = StoreUnavailable(f"SQLite database unavailable: {e}")
             return [(fut, None, err) for _, fut in live]
@@ -286,16 +330,16 @@ class SqliteStore(Store):
                 outcomes.append((fut, run_to_completion(fn(tx)), None))
         except BaseException:
             conn.execute("ROLLBACK")
-            return self._commit_isolated(conn, tx, live)
-        return self._finish(conn, outcomes)
+            return await self._commit_isolated(conn, tx, live)
+        return await self._finish(conn, outcomes)
 
-    def _commit_isolated(
+    async def _commit_isolated(
         self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[Job]
     ) -> list[Outcome]:
         """Each job in its own SAVEPOINT: a failing one is rolled back alone."""
         outcomes: list[Outcome] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            await self._begin(conn)
         except sqlite3.Error as e:
             err = StoreUnavailable(f"SQLite database unavailable: {e}")
             return [(fut, None, err) for _, fut in batch]
@@ -313,18 +357,17 @@ class SqliteStore(Store):
             else:
                 conn.execute("RELEASE op")
                 outcomes.append((fut, result, None))
-        return self._finish(conn, outcomes)
+        return await self._finish(conn, outcomes)
 
-    def _finish(self, conn: sqlite3.Connection, outcomes: list[Outcome]) -> list[Outcome]:
-        """Commit; when the commit fails every caller gets the failure."""
+    async def _finish(self, conn: sqlite3.Connection, outcomes: list[Outcome]) -> list[Outcome]:
+        """Commit in the I/O thread; when the commit fails every caller gets the failure."""
         try:
-            conn.execute("COMMIT")
+            await self._in_thread(_waiting, conn, "COMMIT", self.BUSY_TIMEOUT_MS)
         except sqlite3.Error as e:
             log.error("SQLite commit failed: %s", e)
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             err = StoreUnavailable(f"SQLite commit failed: {e}")
             return [(fut, None, err) for fut, _, _ in outcomes]
         self._commits += 1
@@ -332,14 +375,23 @@ class SqliteStore(Store):
         return outcomes
 
 
-def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
+def _busy(e: sqlite3.Error) -> bool:
+    """Another connection holds a lock this statement needs."""
+    return (e.sqlite_errorcode & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _fail(fut: asyncio.Future[Any], err: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(err)
+def _waiting(conn: sqlite3.Connection, sql: str, busy_timeout_ms: int) -> None:
+    """Run ``sql``; if another connection holds the lock, wait up to ``busy_timeout_ms``."""
+    try:
+        conn.execute(sql)
+    except sqlite3.OperationalError as e:
+        if not _busy(e):
+            raise
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        try:
+            conn.execute(sql)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
 
 
 def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
