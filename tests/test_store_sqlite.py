@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,24 @@ def test_migrate_command(workdir: Path) -> None:
         "1 applied  initial schema",
         "2 applied  promise tag index (SQLite)",
     ]
+
+
+def test_migrate_waits_for_a_lock_held_by_another_connection(workdir: Path) -> None:
+    """``resonate migrate apply`` next to a running server: it waits for the server's write
+    lock (up to the busy timeout) rather than failing at once."""
+    db = workdir / "locked.db"
+    assert resonate("migrate", "apply", "--aio-store-sqlite-path", str(db)).returncode == 0
+    blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN EXCLUSIVE")
+    release = threading.Timer(1.0, blocker.execute, ("ROLLBACK",))
+    release.start()
+    try:
+        out = resonate("migrate", "apply", "--aio-store-sqlite-path", str(db))
+    finally:
+        release.join()
+        blocker.close()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "nothing to apply"
 
 
 def test_unopenable_database_is_a_one_line_error(workdir: Path) -> None:

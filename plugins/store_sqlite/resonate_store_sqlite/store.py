@@ -292,7 +292,8 @@ class SqliteStore(Store):
     async def _run_raw(self, job: RawJob) -> None:
         assert self._loop is not None and self._conn is not None
         try:
-            outcome = (job.fut, await self._in_thread(job.fn, self._conn), None)
+            result = await self._in_thread(_patient, self._conn, job.fn, self.BUSY_TIMEOUT_MS)
+            outcome = (job.fut, result, None)
         except Exception as e:
             outcome = (job.fut, None, StoreError(f"SQLite error: {e}"))
         _deliver([outcome])
@@ -392,6 +393,17 @@ def _waiting(conn: sqlite3.Connection, sql: str, busy_timeout_ms: int) -> None:
             conn.execute(sql)
         finally:
             conn.execute("PRAGMA busy_timeout = 0")
+
+
+def _patient(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], busy_timeout_ms: int
+) -> T:
+    """``fn(conn)`` with the busy timeout set, so that it waits for other connections' locks."""
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+    try:
+        return fn(conn)
+    finally:
+        conn.execute("PRAGMA busy_timeout = 0")
 
 
 def _deliver(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
