@@ -229,7 +229,7 @@ class SqliteStore(Store):
         return await self._enqueue((fn, self._new_future()))  # type: ignore[no-any-return]
 
     def _new_future(self) -> asyncio.Future[Any]:
-        if self._writer is None or self._closing:
+        if self._writer is None or self._writer.done() or self._closing:
             raise StoreUnavailable("the SQLite store is closed")
         assert self._loop is not None
         return self._loop.create_future()
@@ -243,7 +243,7 @@ class SqliteStore(Store):
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    # --- the writer task ----------------------------------------------------------------------
+    # --- the connection and the writer task ---------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
