@@ -147,6 +147,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the ceiling's HTTP layer: an aiohttp handler (issue 6's ceiling, the default) or "
         "the server's lean RPC front, for comparison",
     )
+    p.add_argument(
+        "--timeline",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also report each run's latency over time: operations, p50 and max per SECONDS "
+        "of (scheduled) starts, e.g. 0.1 (default: off)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument(
         "--compare",
@@ -193,6 +201,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown store {s!r} (choose from {', '.join(STORES)})")
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.timeline < 0 or math.isnan(args.timeline):
+        p.error("--timeline must be a number of seconds, 0 for none")
     return args
 
 
@@ -240,7 +250,7 @@ class Suite:
 
     def phase(self, window: Window) -> Phase:
         a = self.args
-        return Phase(a.warmup, a.duration, a.max_ops, window)
+        return Phase(a.warmup, a.duration, a.max_ops, window, a.timeline)
 
     @staticmethod
     def other_cpu(window: Window, stats: Stats, workload: str) -> float:
@@ -292,6 +302,8 @@ class Suite:
         )
         if stats.error_kinds:
             self.say(f"    errors: {stats.error_kinds}")
+        for start, ops, p50, worst in stats.extra.get("timeline", []):
+            self.say(f"    at {start:6.2f} s  {ops:6d} ops  p50 {p50:8.2f}  max {worst:8.2f} ms")
         return r
 
     def find(self, workload: str, store: str) -> dict[str, Any] | None:
@@ -790,7 +802,7 @@ class Suite:
             for k in (
                 "duration", "warmup", "concurrency", "rate", "get_rate", "seed", "get_seeded",
                 "workers", "sdk_concurrency", "sdk_steps", "sse_connections", "max_ops",
-                "repeat", "wait_quiet", "server_arg", "smoke", "compare",
+                "repeat", "wait_quiet", "server_arg", "smoke", "compare", "timeline",
             )
         }  # fmt: skip
         config["workloads"] = a.workload_list

@@ -31,9 +31,11 @@ Op = Callable[[], Awaitable[str | None]]
 class Recorder:
     """Latencies (seconds) of successful operations and errors, while ``measuring``."""
 
-    def __init__(self, max_ops: int) -> None:
+    def __init__(self, max_ops: int, timeline: float = 0.0) -> None:
         self.max_ops = max_ops
         self.lat: list[float] = []
+        self.timeline = timeline
+        self.starts: list[float] = []  # with a timeline: the start of each latency in ``lat``
         self.errors = 0
         self.error_kinds: dict[str, int] = {}
         self.measuring = False
@@ -45,6 +47,8 @@ class Recorder:
             return
         if err is None:
             self.lat.append(end - start)
+            if self.timeline:
+                self.starts.append(start)
         else:
             self.errors += 1
             key = err[:120]
@@ -94,6 +98,7 @@ class Stats:
     def of(cls, rec: Recorder, loadgen_cpu: float = 0.0) -> Stats:
         lat = sorted(rec.lat)
         ms = [x * 1000 for x in (percentile(lat, 50), percentile(lat, 90), percentile(lat, 99))]
+        extra = {"timeline": timeline(rec)} if rec.timeline else {}
         return cls(
             ops=len(lat),
             errors=rec.errors,
@@ -105,7 +110,28 @@ class Stats:
             max=(lat[-1] * 1000) if lat else float("nan"),
             error_kinds=dict(sorted(rec.error_kinds.items(), key=lambda kv: -kv[1])[:5]),
             loadgen_cpu=loadgen_cpu,
+            extra=extra,
         )
+
+
+def timeline(rec: Recorder) -> list[list[float]]:
+    """``[start s, ops, p50 ms, max ms]`` per ``rec.timeline`` seconds of operation starts
+    (scheduled starts in an open loop), from the start of the measured window."""
+    buckets: dict[int, list[float]] = {}
+    for start, lat in zip(rec.starts, rec.lat, strict=True):
+        buckets.setdefault(int((start - rec.t0) / rec.timeline), []).append(lat)
+    rows = []
+    for k in sorted(buckets):
+        v = sorted(buckets[k])
+        rows.append(
+            [
+                round(k * rec.timeline, 3),
+                len(v),
+                round(percentile(v, 50) * 1000, 2),
+                round(v[-1] * 1000, 2),
+            ]
+        )
+    return rows
 
 
 class Window:
@@ -143,12 +169,14 @@ class Window:
 
 @dataclass
 class Phase:
-    """How long to warm up and to measure, the most operations to record, and the meters."""
+    """How long to warm up and to measure, the most operations to record, the meters, and the
+    width of the latency timeline's buckets in seconds (0: no timeline)."""
 
     warmup: float
     duration: float
     max_ops: int
     window: Window
+    timeline: float = 0.0
 
 
 async def _measure(rec: Recorder, phase: Phase) -> None:
@@ -167,7 +195,7 @@ async def closed_loop(
     make_op: Callable[[int], Awaitable[Op]], concurrency: int, phase: Phase
 ) -> Stats:
     """``concurrency`` clients; ``make_op(k)`` sets up client ``k`` and returns its operation."""
-    rec = Recorder(phase.max_ops)
+    rec = Recorder(phase.max_ops, phase.timeline)
     done = False
 
     async def client(k: int) -> None:
@@ -197,7 +225,7 @@ async def closed_loop(
 
 async def open_loop(op: Op, rate: float, phase: Phase, max_in_flight: int = 5000) -> Stats:
     """Start ``op`` ``rate`` times a second (spread evenly); latency from the scheduled start."""
-    rec = Recorder(phase.max_ops)
+    rec = Recorder(phase.max_ops, phase.timeline)
     in_flight: set[asyncio.Task[None]] = set()
     interval = 1.0 / rate
     overloaded = 0

@@ -99,3 +99,24 @@ def test_bench_pinned_with_the_lean_ceiling(tmp_path: Path) -> None:
     assert rows["create"]["errors"] == 0 and rows["create"]["throughput"] > 0
     assert "lean front" in rows["ceiling"]["note"] and rows["ceiling"]["throughput"] > 0
     assert report["machine"]["server_cpus"] == cpu
+
+
+@pytest.mark.timeout(120)
+def test_bench_timeline(tmp_path: Path) -> None:
+    """``--timeline`` splits each run's operations into buckets of their (scheduled) starts:
+    every measured operation is in exactly one bucket, and the report prints them."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bench", "--stores", "sqlite", "--workloads", "create-rate"]
+    argv += ["--rate", "200", "--duration", "1", "--warmup", "0.3", "--timeline", "0.25"]
+    argv += ["--json", str(out), "--workdir", str(tmp_path)]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    row = next(r for r in report["results"] if r["workload"] == "create-rate")
+    buckets = row["extra"]["timeline"]
+    assert row["ops"] > 0 and sum(b[1] for b in buckets) == row["ops"]
+    starts = [b[0] for b in buckets]
+    assert starts == sorted(starts) and all(s % 0.25 < 1e-9 for s in starts)
+    assert all(0 < p50 <= worst for _, _, p50, worst in buckets)
+    assert report["config"]["timeline"] == 0.25
+    assert proc.stderr.count(" ops  p50 ") == len(buckets)
