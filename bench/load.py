@@ -14,6 +14,7 @@ end are abandoned, not counted.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -116,10 +117,11 @@ class Stats:
 
 def timeline(rec: Recorder) -> list[list[float]]:
     """``[start s, ops, p50 ms, max ms]`` per ``rec.timeline`` seconds of operation starts
-    (scheduled starts in an open loop), from the start of the measured window."""
+    (scheduled starts in an open loop), from the start of the measured window; operations
+    started before it (a backlog) fall in buckets with negative starts."""
     buckets: dict[int, list[float]] = {}
     for start, lat in zip(rec.starts, rec.lat, strict=True):
-        buckets.setdefault(int((start - rec.t0) / rec.timeline), []).append(lat)
+        buckets.setdefault(math.floor((start - rec.t0) / rec.timeline), []).append(lat)
     rows = []
     for k in sorted(buckets):
         v = sorted(buckets[k])
