@@ -388,11 +388,7 @@ def _waiting(conn: sqlite3.Connection, sql: str, busy_timeout_ms: int) -> None:
     except sqlite3.OperationalError as e:
         if not _busy(e):
             raise
-        conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
-        try:
-            conn.execute(sql)
-        finally:
-            conn.execute("PRAGMA busy_timeout = 0")
+        _patient(conn, lambda c: c.execute(sql), busy_timeout_ms)
 
 
 def _patient(
