@@ -21,13 +21,12 @@ import argparse
 import asyncio
 import os
 import signal
-import time
 
 from aiohttp import web
 from resonate_server import engine
 from resonate_server import protocol as proto
 from resonate_server.addresses import BUILTIN_SCHEMES
-from resonate_server.app import tune_gc
+from resonate_server.app import Clock, tune_gc
 from resonate_server.core_plugin import parse_cpus
 from resonate_server.rpc_http import RpcListener
 
@@ -50,14 +49,7 @@ def answer(body: bytes, now: int) -> tuple[int, bytes]:
 
 
 MAX_BODY = 10 * 2**20  #: the server's default api.http.max_body_size
-_clock = [0]
-
-
-def now() -> int:
-    t = int(time.time() * 1000)
-    if t > _clock[0]:
-        _clock[0] = t
-    return _clock[0]
+now = Clock()
 
 
 def build_app() -> web.Application:

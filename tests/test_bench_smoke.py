@@ -77,7 +77,7 @@ def test_inprocess_smoke() -> None:
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == [
         "envelope work (what the ceiling does besides HTTP)",
-        "handle_rpc, store included",
+        "Server.rpc, store included",
         "metrics observe_request",
     ], proc.stdout
 
