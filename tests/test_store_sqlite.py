@@ -58,19 +58,18 @@ def test_a_locked_database_does_not_stall_the_server(make_server: Any, workdir: 
     c = s.client()
     blocker = sqlite3.connect(workdir / "resonate.db", isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
-    try:
-        pool = concurrent.futures.ThreadPoolExecutor(1)
-        write = pool.submit(c.call, "promise.create", {"id": "w", "timeoutAt": 2**62})
-        time.sleep(0.3)
-        started = time.monotonic()
-        assert c.get("/no/such/path").status == 404
-        assert time.monotonic() - started < 0.5
-        assert not write.done()
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
-    assert write.result(timeout=10).status == 200
-    pool.shutdown()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            write = pool.submit(c.call, "promise.create", {"id": "w", "timeoutAt": 2**62})
+            time.sleep(0.3)
+            started = time.monotonic()
+            assert c.get("/no/such/path").status == 404
+            assert time.monotonic() - started < 0.5
+            assert not write.done()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert write.result(timeout=10).status == 200
     assert c.call("promise.get", {"id": "w"}).status == 200
 
 
