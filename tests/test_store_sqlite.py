@@ -73,6 +73,34 @@ def test_a_locked_database_does_not_stall_the_server(make_server: Any, workdir: 
     assert c.call("promise.get", {"id": "w"}).status == 200
 
 
+def test_searches_read_beside_the_writer(make_server: Any, workdir: Path) -> None:
+    """Searches run on their own read-only connection: while another connection holds the
+    write lock (and a write waits for it), every kind of search answers from committed state."""
+    s = sqlite_server(make_server, workdir)
+    c = s.client()
+    tags = {"team": "a"}
+    assert c.call("promise.create", {"id": "p", "timeoutAt": 2**62, "tags": tags}).status == 200
+    blocker = sqlite3.connect(workdir / "resonate.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            write = pool.submit(c.call, "promise.create", {"id": "q", "timeoutAt": 2**62})
+            time.sleep(0.3)
+            found = c.call("promise.search", {"tags": tags})
+            assert found.status == 200
+            assert [p["id"] for p in found.data["promises"]] == ["p"]
+            assert c.call("promise.search", {"state": "pending"}).status == 200
+            assert c.call("task.search", {}).status == 200
+            assert c.call("schedule.search", {}).status == 200
+            assert not write.done()
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert write.result(timeout=10).status == 200
+    found = c.call("promise.search", {"state": "pending"})
+    assert [p["id"] for p in found.data["promises"]] == ["p", "q"]
+
+
 def test_migrate_command(workdir: Path) -> None:
     db = str(workdir / "m.db")
     out = resonate("migrate", "status", "--aio-store-sqlite-path", db)

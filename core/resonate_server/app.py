@@ -264,6 +264,8 @@ class Server:
         if op is not None:
             parse, run = op
             req = parse(env.data, c)
+            if env.kind in engine.READ_ONLY:
+                return await self.store.read(lambda tx: run(tx, c, req))  # type: ignore[no-any-return]
             key = engine.lock_key(env.data)
             return await self.transact(c, lambda tx: run(tx, c, req), key)  # type: ignore[no-any-return]
         if env.kind in DEBUG_KINDS:

@@ -1055,6 +1055,10 @@ OPERATIONS: dict[str, tuple[Parse, Run]] = {
     "schedule.search": (parse_schedule_search, run_schedule_search),
 }
 
+#: Operations that never write, whatever they find; the server runs them with
+#: :meth:`Store.read`. (``promise.get`` is not one: it settles a promise whose timeout passed.)
+READ_ONLY: frozenset[str] = frozenset({"promise.search", "task.search", "schedule.search"})
+
 
 def lock_key(data: dict[str, Any]) -> str | None:
     """The origin of the promise or task a request is about, for :meth:`Store.transact`.

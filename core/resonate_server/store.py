@@ -230,6 +230,14 @@ class Store(ABC):
         apart from each other's batches and spread the others.
         """
 
+    async def read(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
+        """Run ``fn``, which only reads, against committed state and return its result.
+
+        The default runs it as a transaction. A store may serve reads elsewhere (another
+        connection) so that a long read holds up neither writes nor the event loop.
+        """
+        return await self.transact(fn)
+
 
 @dataclass(frozen=True, slots=True)
 class StoreStats:

@@ -13,8 +13,9 @@ Statements run on the loop because SQLite answers them from its cache in microse
 second thread running them would contend for the GIL at every statement (``sqlite3`` releases
 it around each step). What can wait on the disk or on another process stays off the loop: the
 commit, opening and migrating, and a ``BEGIN`` that finds the database locked (the loop tries
-it without waiting; the I/O thread then waits up to the busy timeout). A statement that scans
-much of the database (a search by a common tag) holds the loop while it runs.
+it without waiting; the I/O thread then waits up to the busy timeout). Searches, which may scan
+much of the database, run on a second, read-only connection in a thread of their own
+(:meth:`SqliteStore.read`): WAL lets them read committed state while the writer goes on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from resonate_server.records import Promise
 from resonate_server.sqltx import PROMISE_COLS_AS_P, SqlTx, promise_row
 from resonate_server.store import (
     Store,
+    StoreBusy,
     StoreError,
     StoreStats,
     StoreTx,
@@ -157,6 +159,8 @@ class SqliteStore(Store):
         self._pending: collections.deque[Job | RawJob] = collections.deque()
         self._conn: sqlite3.Connection | None = None
         self._io: ThreadPoolExecutor | None = None
+        self._reads: ThreadPoolExecutor | None = None
+        self._reader: sqlite3.Connection | None = None
         self._writer: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._closing = False
@@ -190,6 +194,10 @@ class SqliteStore(Store):
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
+        if self._reads is not None:
+            await asyncio.get_running_loop().run_in_executor(self._reads, self._close_reader)
+            self._reads.shutdown(wait=True)
+            self._reads = None
         assert self._io is not None and self._conn is not None
         await asyncio.get_running_loop().run_in_executor(self._io, self._conn.close)
         self._io.shutdown(wait=True)
@@ -228,9 +236,50 @@ class SqliteStore(Store):
     async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
         return await self._enqueue((fn, self._new_future()))  # type: ignore[no-any-return]
 
-    def _new_future(self) -> asyncio.Future[Any]:
+    async def read(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
+        """Run ``fn`` in a read transaction on the reader connection, in the reader thread.
+
+        An in-memory database has no second connection to it, so there ``fn`` joins the
+        writer's batches like any transaction.
+        """
+        if self.path in ("", ":memory:"):
+            return await self.transact(fn)
+        self._check_open()
+        assert self._loop is not None
+        if self._reads is None:
+            self._reads = ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
+        try:
+            return await self._loop.run_in_executor(self._reads, self._read, fn)
+        except sqlite3.Error as e:
+            if _busy(e):
+                raise StoreBusy(f"SQLite database busy: {e}") from None
+            raise StoreError(f"SQLite error: {e}") from None
+
+    def _read(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, cached_statements=64
+            )
+            self._reader.execute("PRAGMA query_only = 1")
+            self._reader.execute(f"PRAGMA busy_timeout = {self.BUSY_TIMEOUT_MS}")
+        conn = self._reader
+        conn.execute("BEGIN")
+        try:
+            return run_to_completion(fn(SqliteTx(conn)))
+        finally:
+            conn.execute("ROLLBACK")
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _check_open(self) -> None:
         if self._writer is None or self._writer.done() or self._closing:
             raise StoreUnavailable("the SQLite store is closed")
+
+    def _new_future(self) -> asyncio.Future[Any]:
+        self._check_open()
         assert self._loop is not None
         return self._loop.create_future()
 
