@@ -67,7 +67,12 @@ QUIET_SECONDS = 3
 SEARCH_CLIENTS = 4
 
 #: Which number picks the median run of a workload repeated with --repeat.
-MEDIAN_BY = {"create-rate": "p99", "scale-get": "p99", "sse-idle": "server_rss_mb"}
+MEDIAN_BY = {
+    "create-rate": "p99",
+    "scale-get": "p99",
+    "scale-get-searching": "p99",
+    "sse-idle": "server_rss_mb",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -564,6 +569,18 @@ class Suite:
                 stats.extra["seeded"] = n
                 note = f"{n:,} stored; pending of one shard by tag, {SEARCH_CLIENTS} clients"
                 self.row("scale-search", kind, stats, w, server, note=note)
+                w = self.window(server, store)
+                stats, searched = self.run_async(
+                    wl.get_rate_while_searching(
+                        server.port, n, a.get_rate, a.concurrency, SEARCH_CLIENTS, self.phase(w)
+                    )
+                )
+                stats.extra.update(seeded=n, searches=searched.ops, search_p50=searched.p50)
+                note = (
+                    f"{n:,} stored; gets at {a.get_rate:.0f}/s while {SEARCH_CLIENTS} clients "
+                    f"search ({searched.throughput:.0f} searches/s, p50 {searched.p50:.0f} ms)"
+                )
+                self.row("scale-get-searching", kind, stats, w, server, note=note)
                 w = self.window(server, store)
                 stats = self.run_async(wl.create(server.port, prefix, a.concurrency, self.phase(w)))
                 stats.extra["seeded"] = n

@@ -20,7 +20,7 @@ import orjson
 
 from . import seed as seeding
 from .httpc import Pool, RpcConnection, SseStream, post_head
-from .load import Op, Phase, Stats, closed_loop, open_loop
+from .load import Op, Phase, Stats, Window, closed_loop, open_loop
 from .procs import HOST, rss_mb
 
 VERSION = b"2026-04-01"
@@ -251,6 +251,19 @@ async def search(port: int, concurrency: int, phase: Phase) -> Stats:
         return rq.search(rq.new_id(), data)
 
     return await _one_kind_closed(port, concurrency, phase, "promise.search", next_request)
+
+
+async def get_rate_while_searching(
+    port: int, seeded: int, rate: float, connections: int, searchers: int, phase: Phase
+) -> tuple[Stats, Stats]:
+    """:func:`get_rate` with :func:`search` running beside it over the same window: whether a
+    long search holds up the short requests. Returns (gets, searches); ``phase``'s meters
+    measure the gets' window."""
+    beside = Phase(phase.warmup, phase.duration, phase.max_ops, Window({}))
+    gets, searches = await asyncio.gather(
+        get_rate(port, seeded, rate, connections, phase), search(port, searchers, beside)
+    )
+    return gets, searches
 
 
 # --- the task round trip ------------------------------------------------------------------

@@ -28,6 +28,7 @@ EXPECTED = [
     ("sdk", "sqlite"),
     ("scale-get", "sqlite"),
     ("scale-search", "sqlite"),
+    ("scale-get-searching", "sqlite"),
     ("scale-create", "sqlite"),
     ("sse-idle", "sqlite"),
 ]
