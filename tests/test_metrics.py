@@ -39,6 +39,7 @@ FAMILIES = (
     "resonate_deliveries_total",
     "resonate_schedule_promises_total",
     "resonate_store_queued",
+    "resonate_store_lanes",
     "resonate_store_transactions",
     "resonate_store_commits",
 )
@@ -215,6 +216,7 @@ def test_every_family_after_traffic(make_server: Any) -> None:
     assert transactions >= 15 + 1 + 3 + 7 + 1 + 1
     assert 1 <= delta("resonate_store_commits_total") <= transactions
     assert ("resonate_store_queued", frozenset()) in after
+    assert ("resonate_store_lanes", frozenset()) in after
 
     # the state gauges agree with the store
     promises, tasks = states_in_store(c)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from resonate_server.records import Task
 from resonate_server.store import StoreTx
-from resonate_store_postgres.store import PostgresStore
+from resonate_store_postgres.store import MIN_LANES, PostgresStore, lanes_wanted
 
 from .conftest import ServerProcess, pg_cluster, resonate, wait_for
 from .group_commit import one_failure_in_a_batch, promise, promise_ids
@@ -420,5 +420,56 @@ def test_a_batch_of_creates_inserts_its_promises_in_one_statement(
             inserts = [q for q in queries if q.startswith("INSERT INTO promises")]
             assert len(inserts) == 3 and not any("unnest" in q for q in inserts), queries
             assert await store.transact(promise_ids) == ["a", "b", "d", "e", "x"]
+
+    asyncio.run(main())
+
+
+def test_lanes_wanted() -> None:
+    """A busy loop drops a lane, down to the floor; a loop with room adds one back, but only
+    when transactions waited in batches behind others."""
+    assert lanes_wanted(10, 10, busy=0.95, waited=50) == 9
+    assert lanes_wanted(MIN_LANES, 10, busy=0.95, waited=50) == MIN_LANES
+    assert lanes_wanted(5, 10, busy=0.3, waited=4) == 6
+    assert lanes_wanted(10, 10, busy=0.3, waited=4) == 10
+    assert lanes_wanted(5, 10, busy=0.3, waited=0) == 5
+    assert lanes_wanted(5, 10, busy=0.65, waited=4) == 5
+    assert lanes_wanted(1, 1, busy=0.95, waited=9) == 1
+    assert lanes_wanted(2, 2, busy=0.3, waited=9) == 2
+
+
+def test_lanes_follow_the_event_loop(cluster: PostgresCluster) -> None:
+    """While the event loop's thread computes, the store moves new transactions to fewer lanes;
+    once the loop idles while transactions wait in batches behind slow ones, it uses every lane
+    again. Transactions keep committing throughout."""
+    database = cluster.create_database()
+
+    async def read(tx: StoreTx) -> None:
+        await tx.get_promise("x")
+
+    async def slow(tx: StoreTx) -> None:
+        await tx.get_promise("x")
+        await asyncio.sleep(0.05)
+
+    async def main() -> None:
+        store = PostgresStore(cluster.host, cluster.port, database, SUPERUSER, "", pool_size=8)
+        await store.start()
+        try:
+            assert store.lanes_in_use == 8
+            deadline = time.monotonic() + 10
+            n = 0
+            while store.lanes_in_use > MIN_LANES:
+                assert time.monotonic() < deadline, "the lanes did not follow a busy loop"
+                spin = time.monotonic() + 0.02
+                while time.monotonic() < spin:
+                    pass
+                await store.transact(read, key=f"k{n}")
+                n += 1
+            assert store.stats().lanes == MIN_LANES
+            deadline = time.monotonic() + 10
+            while store.lanes_in_use < 8:
+                assert time.monotonic() < deadline, "the lanes did not come back"
+                await asyncio.gather(*(store.transact(slow, key=f"s{i}") for i in range(32)))
+        finally:
+            await store.close()
 
     asyncio.run(main())

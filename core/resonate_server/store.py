@@ -245,12 +245,14 @@ class StoreStats:
 
     ``queued``: transactions waiting for a batch now. ``transactions``: transactions committed
     since start. ``commits``: database commits since start; with group commit several
-    transactions share one, so ``transactions / commits`` is the average batch.
+    transactions share one, so ``transactions / commits`` is the average batch. ``lanes``:
+    connections new transactions go to now, for a store that spreads them over several.
     """
 
     queued: int = 0
     transactions: int = 0
     commits: int = 0
+    lanes: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,6 +241,13 @@ class _StateCollector(Collector):
         if stats is not None:
             g.add_metric([], stats.queued)
         yield g
+        g = GaugeMetricFamily(
+            "resonate_store_lanes",
+            "Connections new transactions go to now (PostgreSQL lanes in use; 0 for SQLite).",
+        )
+        if stats is not None:
+            g.add_metric([], stats.lanes)
+        yield g
         for name, doc, field in (
             (
                 "resonate_store_transactions",

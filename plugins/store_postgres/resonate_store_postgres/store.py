@@ -9,14 +9,20 @@ once, and only then completes the callers' futures. Concurrent requests so share
 the next transaction in the same round trip (``COMMIT; BEGIN``). The promise inserts that
 open a batch's creates go to the database as one multi-row insert (:func:`run_functions`).
 
-Callers pass a key (the origin of the ids involved): the same key always maps to the same
-lane, so requests about one execution tree run one after another and never wait on each
-other's row locks across batches. Under PostgreSQL's default READ COMMITTED isolation, rows the
-engine may change are read ``FOR UPDATE``, so requests racing on one promise or task serialize
-and exactly one wins. Deadlocks and serialization failures (possible between lanes when keys
-differ but rows are shared) are retried; when a function raises, the batch is rolled back and
-each function runs again alone. A broken connection is replaced and the batch retried when
-nothing was committed; while the database is down, requests fail fast with
+New transactions go to the first few of the lanes only: a controller (:func:`lanes_wanted`)
+drops a lane while the event loop is busy, since fewer lanes make larger batches and each
+request then costs less CPU here and in the database, and adds lanes back while the loop has
+room and transactions wait in batches (the lanes are waiting on the database's round trips).
+
+Callers pass a key (the origin of the ids involved): while the number of lanes in use stays
+the same, the same key maps to the same lane, so requests about one execution tree run one
+after another and do not wait on each other's row locks across batches. Under PostgreSQL's
+default READ COMMITTED isolation, rows the engine may change are read ``FOR UPDATE``, so
+requests racing on one promise or task serialize and exactly one wins. Deadlocks and
+serialization failures (possible between lanes when keys differ but rows are shared, or
+while the number of lanes in use changes) are retried; when a function raises, the batch is
+rolled back and each function runs again alone. A broken connection is replaced and the batch
+retried when nothing was committed; while the database is down, requests fail fast with
 :class:`StoreUnavailable` (503).
 """
 
@@ -319,6 +325,35 @@ def connection_url(
     )
 
 
+#: Lanes the store keeps using however busy the event loop is: with fewer, one batch that
+#: waits on a row lock holds up too large a share of the work.
+MIN_LANES = 3
+#: Seconds between two decisions of the lane controller (:func:`lanes_wanted`).
+TUNE_EVERY = 0.1
+#: The event loop's busy fraction at or above which the store drops a lane, and at or below
+#: which it adds one back (when transactions waited in batches behind others).
+BUSY_HIGH = 0.8
+BUSY_LOW = 0.5
+
+
+def lanes_wanted(active: int, total: int, busy: float, waited: int) -> int:
+    """How many of the ``total`` lanes to use next, given the event loop's busy fraction over
+    the last period and how many transactions ran in a batch behind another one (each waited
+    for the statements of those before it).
+
+    A busy loop is the bottleneck: fewer lanes make larger batches, and every request then
+    costs less CPU, here and in the database. A loop with room while transactions wait in
+    batches means the lanes are waiting on the database (round trips across a network): more
+    lanes hide that.
+    """
+    floor = min(MIN_LANES, total)
+    if busy >= BUSY_HIGH:
+        return max(floor, active - 1)
+    if busy <= BUSY_LOW and waited:
+        return min(total, active + 1)
+    return max(floor, min(total, active))
+
+
 class PostgresStore(Store):
     """See the module docstring."""
 
@@ -347,12 +382,20 @@ class PostgresStore(Store):
         self.batch_size = batch_size
         self._engine: AsyncEngine | None = None
         self._lanes: list[_Lane] = []
+        self._active: list[_Lane] = []
+        self._waited = 0
+        self._tuner: asyncio.Task[None] | None = None
         self._transactions = 0
         self._commits = 0
 
     def stats(self) -> StoreStats:
         queued = sum(len(lane.jobs) for lane in self._lanes)
-        return StoreStats(queued, self._transactions, self._commits)
+        return StoreStats(queued, self._transactions, self._commits, self.lanes_in_use)
+
+    @property
+    def lanes_in_use(self) -> int:
+        """How many lanes new transactions go to now (see :func:`lanes_wanted`)."""
+        return len(self._active)
 
     async def start(self, migrate: bool = True) -> None:
         self._engine = create_async_engine(
@@ -371,6 +414,8 @@ class PostgresStore(Store):
         self._lanes = [_Lane() for _ in range(self.pool_size)]
         for lane in self._lanes:
             lane.task = asyncio.create_task(self._serve(lane), name="resonate-pg-lane")
+        self._active = list(self._lanes)
+        self._tuner = asyncio.create_task(self._tune_lanes(), name="resonate-pg-lanes")
         try:
             if migrate and self.migrate:
                 applied = await self.apply_migrations()
@@ -388,7 +433,12 @@ class PostgresStore(Store):
             raise
 
     async def close(self) -> None:
-        lanes, self._lanes = self._lanes, []
+        if self._tuner is not None:
+            self._tuner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tuner
+            self._tuner = None
+        lanes, self._lanes, self._active = self._lanes, [], []
         for lane in lanes:
             if lane.task is not None:
                 lane.task.cancel()
@@ -444,12 +494,13 @@ class PostgresStore(Store):
         return await self.transact(apply)
 
     async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
-        if self._engine is None or not self._lanes:
+        lanes = self._active
+        if self._engine is None or not lanes:
             raise StoreUnavailable("the PostgreSQL store is closed")
         if key is None:
-            lane = min(self._lanes, key=lambda x: len(x.jobs))
+            lane = min(lanes, key=lambda x: len(x.jobs))
         else:
-            lane = self._lanes[hash(key) % len(self._lanes)]
+            lane = lanes[hash(key) % len(lanes)]
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         lane.jobs.append(_Job(fn, fut))
         lane.wake.set()
@@ -470,11 +521,27 @@ class PostgresStore(Store):
                     batch.append(job)
             if not batch:
                 continue
+            self._waited += len(batch) - 1
             try:
                 await self._run_batch(lane, batch)
             except Exception as e:  # a bug must not stop the lane and strand its callers
                 log.exception("PostgreSQL lane failed a batch")
                 _fail(batch, StoreError(f"internal store error: {type(e).__name__}"))
+
+    async def _tune_lanes(self) -> None:
+        """Every :data:`TUNE_EVERY` seconds, set how many lanes new transactions go to
+        (:func:`lanes_wanted`), from the CPU time of the event loop's thread."""
+        loop = asyncio.get_running_loop()
+        wall, cpu = loop.time(), time.thread_time()
+        while True:
+            await asyncio.sleep(TUNE_EVERY)
+            now, used = loop.time(), time.thread_time()
+            busy = (used - cpu) / max(now - wall, 1e-6)
+            wall, cpu = now, used
+            n = lanes_wanted(len(self._active), len(self._lanes), busy, self._waited)
+            self._waited = 0
+            if n != len(self._active):
+                self._active = self._lanes[:n]
 
     async def _run_batch(self, lane: _Lane, batch: list[_Job]) -> None:
         """Commit ``batch`` as one transaction, or settle each job's future with its failure.
