@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +25,15 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 HOST = "127.0.0.1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+def free_port(taken: Collection[int] = ()) -> int:
+    """A port free on loopback now, other than those in ``taken`` (ports picked for the same
+    server, not yet listening)."""
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
 
 
 # --- /proc ---------------------------------------------------------------------------------
@@ -221,8 +226,8 @@ def plugins() -> list[dict[str, object]]:
         return []
 
 
-def loopback_flags() -> list[str]:
-    """Keep every listener of the server on loopback and on a free port.
+def loopback_flags(api_port: int) -> list[str]:
+    """Keep every listener of the server on loopback and on a free port (not ``api_port``).
 
     The metrics plugin (when installed) listens on its own port, 9090 on all addresses by
     default; it stays enabled, as in a default deployment, but on 127.0.0.1 and a free port.
@@ -230,7 +235,7 @@ def loopback_flags() -> list[str]:
     flags = []
     help_text = serve_flags_supported()
     if "--metrics-port" in help_text:
-        flags += ["--metrics-port", str(free_port())]
+        flags += ["--metrics-port", str(free_port(taken=(api_port,)))]
         if "--metrics-host" in help_text:
             flags += ["--metrics-host", HOST]
     return flags
@@ -343,7 +348,7 @@ def resonate_server(store: Store, workdir: Path, label: str, extra: list[str]) -
         "--no-log-requests",
         "--log-level",
         "warning",
-        *loopback_flags(),
+        *loopback_flags(port),
         *store.flags,
         *extra,
     ]
