@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +53,35 @@ def test_locked_database_gives_503_then_recovers(make_server: Any, workdir: Path
     assert s.proc is not None and s.proc.poll() is None
 
 
-def test_a_locked_database_does_not_stall_the_server(make_server: Any, workdir: Path) -> None:
-    """While another connection holds the database lock, a write waits for it off the event
-    loop: the server keeps answering other requests, and the write commits once the lock goes."""
-    s = sqlite_server(make_server, workdir)
-    c = s.client()
+@contextlib.contextmanager
+def a_write_waiting_for_the_lock(
+    c: Any, workdir: Path, pid: str
+) -> Iterator[concurrent.futures.Future[Any]]:
+    """Another connection takes the write lock, and ``promise.create pid`` is sent; inside the
+    block the create waits for the lock (checked on leaving), after it the create answers 200."""
     blocker = sqlite3.connect(workdir / "resonate.db", isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
+    blocker.execute("BEGIN IMMEDIATE")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
-            write = pool.submit(c.call, "promise.create", {"id": "w", "timeoutAt": 2**62})
+            write = pool.submit(c.call, "promise.create", {"id": pid, "timeoutAt": 2**62})
             time.sleep(0.3)
-            started = time.monotonic()
-            assert c.get("/no/such/path").status == 404
-            assert time.monotonic() - started < 0.5
+            yield write
             assert not write.done()
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
         assert write.result(timeout=10).status == 200
+
+
+def test_a_locked_database_does_not_stall_the_server(make_server: Any, workdir: Path) -> None:
+    """While another connection holds the database lock, a write waits for it off the event
+    loop: the server keeps answering other requests, and the write commits once the lock goes."""
+    s = sqlite_server(make_server, workdir)
+    c = s.client()
+    with a_write_waiting_for_the_lock(c, workdir, "w"):
+        started = time.monotonic()
+        assert c.get("/no/such/path").status == 404
+        assert time.monotonic() - started < 0.5
     assert c.call("promise.get", {"id": "w"}).status == 200
 
 
@@ -80,23 +92,13 @@ def test_searches_read_beside_the_writer(make_server: Any, workdir: Path) -> Non
     c = s.client()
     tags = {"team": "a"}
     assert c.call("promise.create", {"id": "p", "timeoutAt": 2**62, "tags": tags}).status == 200
-    blocker = sqlite3.connect(workdir / "resonate.db", isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        try:
-            write = pool.submit(c.call, "promise.create", {"id": "q", "timeoutAt": 2**62})
-            time.sleep(0.3)
-            found = c.call("promise.search", {"tags": tags})
-            assert found.status == 200
-            assert [p["id"] for p in found.data["promises"]] == ["p"]
-            assert c.call("promise.search", {"state": "pending"}).status == 200
-            assert c.call("task.search", {}).status == 200
-            assert c.call("schedule.search", {}).status == 200
-            assert not write.done()
-        finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
-        assert write.result(timeout=10).status == 200
+    with a_write_waiting_for_the_lock(c, workdir, "q"):
+        found = c.call("promise.search", {"tags": tags})
+        assert found.status == 200
+        assert [p["id"] for p in found.data["promises"]] == ["p"]
+        assert c.call("promise.search", {"state": "pending"}).status == 200
+        assert c.call("task.search", {}).status == 200
+        assert c.call("schedule.search", {}).status == 200
     found = c.call("promise.search", {"state": "pending"})
     assert [p["id"] for p in found.data["promises"]] == ["p", "q"]
 

@@ -234,20 +234,22 @@ class _StateCollector(Collector):
             g.add_metric([m.version, m.store], 1)
         yield g
         stats = m.store_stats() if sampled else None
-        g = GaugeMetricFamily(
-            "resonate_store_queued",
-            "Transactions waiting for the store's next batch now (store saturation).",
-        )
-        if stats is not None:
-            g.add_metric([], stats.queued)
-        yield g
-        g = GaugeMetricFamily(
-            "resonate_store_lanes",
-            "Connections new transactions go to now (PostgreSQL lanes in use; 0 for SQLite).",
-        )
-        if stats is not None:
-            g.add_metric([], stats.lanes)
-        yield g
+        for name, doc, field in (
+            (
+                "resonate_store_queued",
+                "Transactions waiting for the store's next batch now (store saturation).",
+                "queued",
+            ),
+            (
+                "resonate_store_lanes",
+                "Connections new transactions go to now (PostgreSQL lanes in use; 0 for SQLite).",
+                "lanes",
+            ),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            if stats is not None:
+                g.add_metric([], getattr(stats, field))
+            yield g
         for name, doc, field in (
             (
                 "resonate_store_transactions",
