@@ -473,3 +473,27 @@ def test_lanes_follow_the_event_loop(cluster: PostgresCluster) -> None:
             await store.close()
 
     asyncio.run(main())
+
+
+def test_reads_run_beside_the_lanes(cluster: PostgresCluster) -> None:
+    """``read`` (the searches) runs on a connection of its own: a transaction holding the only
+    lane does not hold it up, and it sees what is committed, not what the lane has not."""
+    database = cluster.create_database()
+
+    async def hold(tx: StoreTx) -> None:
+        await tx.insert_promise(promise("uncommitted"))
+        await asyncio.sleep(1.0)
+
+    async def main() -> None:
+        async with one_lane(cluster, database) as store:
+            assert await store.transact(lambda tx: tx.insert_promise(promise("committed")))
+            held = asyncio.ensure_future(store.transact(hold))
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            assert await store.read(promise_ids) == ["committed"]
+            assert time.monotonic() - started < 0.5
+            assert not held.done()
+            await held
+            assert await store.read(promise_ids) == ["committed", "uncommitted"]
+
+    asyncio.run(main())

@@ -328,6 +328,8 @@ def connection_url(
 #: Lanes the store keeps using however busy the event loop is: with fewer, one batch that
 #: waits on a row lock holds up too large a share of the work.
 MIN_LANES = 3
+#: Connections the store opens besides the lanes, for reads (:meth:`PostgresStore.read`).
+READERS = 2
 #: Seconds between two decisions of the lane controller (:func:`lanes_wanted`).
 TUNE_EVERY = 0.1
 #: The event loop's busy fraction at or above which the store drops a lane, and at or below
@@ -384,6 +386,7 @@ class PostgresStore(Store):
         self._lanes: list[_Lane] = []
         self._active: list[_Lane] = []
         self._waited = 0
+        self._reading = asyncio.Semaphore(READERS)
         self._tuner: asyncio.Task[None] | None = None
         self._transactions = 0
         self._commits = 0
@@ -400,7 +403,7 @@ class PostgresStore(Store):
     async def start(self, migrate: bool = True) -> None:
         self._engine = create_async_engine(
             self.url,
-            pool_size=self.pool_size,
+            pool_size=self.pool_size + READERS,
             max_overflow=0,
             pool_timeout=30,
             connect_args={
@@ -505,6 +508,26 @@ class PostgresStore(Store):
         lane.jobs.append(_Job(fn, fut))
         lane.wake.set()
         return await fut
+
+    async def read(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
+        """Run ``fn`` in a read-only transaction on a connection of its own, off the lanes, so
+        that a long search holds up no lane's batch; at most :data:`READERS` at once."""
+        if self._engine is None or not self._lanes:
+            raise StoreUnavailable("the PostgreSQL store is closed")
+        async with self._reading:
+            sa_conn, conn = await self._checkout()
+            try:
+                async with conn.transaction(readonly=True):
+                    return await fn(PgTx(conn))
+            except DISCONNECTED as e:
+                with contextlib.suppress(Exception):
+                    await sa_conn.invalidate()
+                raise StoreUnavailable(f"connection to PostgreSQL lost: {_reason(e)}") from None
+            except asyncpg.PostgresError as e:
+                raise self._store_error(e) from None
+            finally:
+                with contextlib.suppress(Exception):
+                    await sa_conn.close()
 
     async def _serve(self, lane: _Lane) -> None:
         """A lane's loop: run whatever is queued as one batch, until the store closes."""
@@ -620,19 +643,10 @@ class PostgresStore(Store):
                     f"connection to PostgreSQL lost while committing: {_reason(e)}"
                 ) from None
             raise _Stale() from None
-        except BAD_TEXT as e:
-            raise StoreDataError(f"text the database cannot store: {_reason(e)}") from None
-        except asyncpg.QueryCanceledError as e:
-            log.warning("PostgreSQL canceled a statement: %s", _reason(e))
-            raise StoreBusy(
-                f"a statement was canceled after aio.store.postgres.statement_timeout "
-                f"({self.statement_timeout:g}s): {_reason(e)}"
-            ) from None
         except asyncpg.PostgresError as e:
             if isinstance(e, RETRYABLE):
                 raise
-            log.error("PostgreSQL error: %s", e)
-            raise StoreError(f"PostgreSQL error: {_reason(e)}") from None
+            raise self._store_error(e) from None
         except BaseException:
             if conn.is_closed() or conn.is_in_transaction():
                 await lane.drop()
@@ -652,6 +666,12 @@ class PostgresStore(Store):
         if lane.conn is not None and not lane.conn.is_closed():
             return lane.conn
         await lane.drop()
+        sa_conn, conn = await self._checkout()
+        lane.sa_conn, lane.conn = sa_conn, conn
+        return conn
+
+    async def _checkout(self) -> tuple[AsyncConnection, asyncpg.Connection]:
+        """A connection from SQLAlchemy's pool, with the asyncpg connection inside it."""
         assert self._engine is not None
         try:
             sa_conn = await self._engine.connect()
@@ -660,10 +680,22 @@ class PostgresStore(Store):
             raise StoreUnavailable(
                 f"cannot connect to PostgreSQL at {self.where}: {_reason(e)}"
             ) from None
-        lane.sa_conn = sa_conn
-        lane.conn = raw.driver_connection  # type: ignore[assignment]
-        assert lane.conn is not None
-        return lane.conn
+        conn = raw.driver_connection
+        assert conn is not None
+        return sa_conn, conn  # type: ignore[return-value]
+
+    def _store_error(self, e: asyncpg.PostgresError) -> StoreError:
+        """What a failed statement (other than a retryable conflict) means for its caller."""
+        if isinstance(e, BAD_TEXT):
+            return StoreDataError(f"text the database cannot store: {_reason(e)}")
+        if isinstance(e, asyncpg.QueryCanceledError):
+            log.warning("PostgreSQL canceled a statement: %s", _reason(e))
+            return StoreBusy(
+                f"a statement was canceled after aio.store.postgres.statement_timeout "
+                f"({self.statement_timeout:g}s): {_reason(e)}"
+            )
+        log.error("PostgreSQL error: %s", e)
+        return StoreError(f"PostgreSQL error: {_reason(e)}")
 
 
 class _Job(NamedTuple):
