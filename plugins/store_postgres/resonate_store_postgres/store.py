@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -332,10 +333,32 @@ MIN_LANES = 3
 READERS = 2
 #: Seconds between two decisions of the lane controller (:func:`lanes_wanted`).
 TUNE_EVERY = 0.1
-#: The event loop's busy fraction at or above which the store drops a lane, and at or below
-#: which it adds one back (when transactions waited in batches behind others).
+#: The event loop's busy fraction (:func:`loop_thread_clock`) at or above which the store drops
+#: a lane, and at or below which it adds one back (when transactions waited in batches behind
+#: others).
 BUSY_HIGH = 0.8
 BUSY_LOW = 0.5
+
+
+def loop_thread_clock() -> Callable[[], float]:
+    """A clock, in seconds, of the time the calling thread ran or was ready to run.
+
+    On Linux it reads the thread's schedstat: a thread that waits for a CPU (the database or
+    other processes have them) is busy too, since what it waits for is the machine. Elsewhere
+    it is the thread's CPU time.
+    """
+    path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+
+    def ran_or_waited() -> float:
+        with open(path, "rb") as f:
+            ran, waited, _ = f.read().split()
+        return (int(ran) + int(waited)) / 1e9
+
+    try:
+        ran_or_waited()
+    except (OSError, ValueError):
+        return time.thread_time
+    return ran_or_waited
 
 
 def lanes_wanted(active: int, total: int, busy: float, waited: int) -> int:
@@ -553,12 +576,13 @@ class PostgresStore(Store):
 
     async def _tune_lanes(self) -> None:
         """Every :data:`TUNE_EVERY` seconds, set how many lanes new transactions go to
-        (:func:`lanes_wanted`), from the CPU time of the event loop's thread."""
+        (:func:`lanes_wanted`), from how busy the event loop's thread was."""
         loop = asyncio.get_running_loop()
-        wall, cpu = loop.time(), time.thread_time()
+        clock = loop_thread_clock()
+        wall, cpu = loop.time(), clock()
         while True:
             await asyncio.sleep(TUNE_EVERY)
-            now, used = loop.time(), time.thread_time()
+            now, used = loop.time(), clock()
             busy = (used - cpu) / max(now - wall, 1e-6)
             wall, cpu = now, used
             n = lanes_wanted(len(self._active), len(self._lanes), busy, self._waited)
