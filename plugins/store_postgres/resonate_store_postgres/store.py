@@ -13,6 +13,8 @@ New transactions go to the first few of the lanes only: a controller (:func:`lan
 drops a lane while the event loop is busy, since fewer lanes make larger batches and each
 request then costs less CPU here and in the database, and adds lanes back while the loop has
 room and transactions wait in batches (the lanes are waiting on the database's round trips).
+Reads (:meth:`PostgresStore.read`: the searches) take no lane; they run on up to
+:data:`READERS` connections of their own.
 
 Callers pass a key (the origin of the ids involved): while the number of lanes in use stays
 the same, the same key maps to the same lane, so requests about one execution tree run one
