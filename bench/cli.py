@@ -138,6 +138,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra argument for every `resonate serve` (repeatable; use --server-arg=--flag)",
     )
     p.add_argument(
+        "--pg-delay-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="reach PostgreSQL through a proxy that holds every packet MS milliseconds each way, "
+        "as a database across a network would (default 0: direct)",
+    )
+    p.add_argument(
         "--server-cpus",
         default="",
         metavar="CPUS",
@@ -208,6 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--repeat must be at least 1")
     if args.timeline < 0 or math.isnan(args.timeline):
         p.error("--timeline must be a number of seconds, 0 for none")
+    if not 0 <= args.pg_delay_ms <= 1000:
+        p.error("--pg-delay-ms must be between 0 and 1000")
     return args
 
 
@@ -244,7 +254,7 @@ class Suite:
         if kind == "sqlite":
             return sqlite_store(self.workdir, label)
         if self.pg is None:
-            self.pg = PgEnv()
+            self.pg = PgEnv(self.args.pg_delay_ms)
         return self.pg.store(label)
 
     def window(self, server: Process, store: Store | None) -> Window:
@@ -646,7 +656,7 @@ class Suite:
         try:
             if "postgres" in a.store_list:
                 self.say("starting a throwaway PostgreSQL cluster")
-                self.pg = PgEnv()
+                self.pg = PgEnv(a.pg_delay_ms)
                 pg_version = self.pg.version()
             self.machine = machine_info(pg_version)
             self.machine["server_plugins"] = plugins()
@@ -820,6 +830,7 @@ class Suite:
                 "duration", "warmup", "concurrency", "rate", "get_rate", "seed", "get_seeded",
                 "workers", "sdk_concurrency", "sdk_steps", "sse_connections", "max_ops",
                 "repeat", "wait_quiet", "server_arg", "smoke", "compare", "timeline",
+                "pg_delay_ms",
             )
         }  # fmt: skip
         config["workloads"] = a.workload_list

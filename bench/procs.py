@@ -126,6 +126,17 @@ class ServerFailed(RuntimeError):
     pass
 
 
+def wait_listening(port: int, name: str, timeout: float = 10.0) -> None:
+    """Return once something accepts connections on ``port`` on loopback."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        if time.monotonic() > deadline:
+            raise ServerFailed(f"{name} did not listen on port {port} in {timeout}s")
+        time.sleep(0.05)
+
+
 class Process:
     """A server child process listening on ``port``; its output goes to ``log``."""
 
@@ -259,9 +270,13 @@ class Store:
 
 
 class PgEnv:
-    """A throwaway PostgreSQL cluster (tests/pg.py) for the whole run; one database per store."""
+    """A throwaway PostgreSQL cluster (tests/pg.py) for the whole run; one database per store.
 
-    def __init__(self) -> None:
+    With ``delay_ms``, servers reach it through :mod:`bench.delay`, which holds every packet
+    that long in each direction (a database across a network).
+    """
+
+    def __init__(self, delay_ms: float = 0.0) -> None:
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
         from tests.pg import PostgresCluster
@@ -269,6 +284,13 @@ class PgEnv:
         self.cluster = PostgresCluster()
         self.cluster.start()
         self._postmaster = self._read_pid()
+        self.port = self.cluster.port
+        self._proxy: subprocess.Popen[bytes] | None = None
+        if delay_ms > 0:
+            self.port = free_port()
+            argv = [sys.executable, "-m", "bench.delay", str(self.port), str(self.cluster.port)]
+            self._proxy = subprocess.Popen([*argv, str(delay_ms)], cwd=ROOT)
+            wait_listening(self.port, "the PostgreSQL delay proxy")
 
     def _read_pid(self) -> int:
         pidfile = self.cluster.data / "postmaster.pid"
@@ -288,7 +310,9 @@ class PgEnv:
 
     def store(self, label: str) -> Store:
         db = self.cluster.create_database(f"bench_{label.replace('-', '_')}")
-        return Store("postgres", self.cluster.flags(db), pg=self, database=db)
+        flags = self.cluster.flags(db)
+        flags[flags.index("--aio-store-postgres-port") + 1] = str(self.port)
+        return Store("postgres", flags, pg=self, database=db)
 
     def dsn(self, database: str) -> dict[str, object]:
         return {
@@ -303,6 +327,9 @@ class PgEnv:
             self.cluster.psql(f'DROP DATABASE IF EXISTS "{store.database}"')
 
     def close(self) -> None:
+        if self._proxy is not None:
+            self._proxy.terminate()
+            self._proxy.wait(timeout=10)
         self.cluster.destroy()
 
 

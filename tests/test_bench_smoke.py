@@ -121,3 +121,21 @@ def test_bench_timeline(tmp_path: Path) -> None:
     assert all(0 < p50 <= worst for _, _, p50, worst in buckets)
     assert report["config"]["timeline"] == 0.25
     assert proc.stderr.count(" ops  p50 ") == len(buckets)
+
+
+@pytest.mark.timeout(120)
+def test_bench_pg_delay(tmp_path: Path) -> None:
+    """``--pg-delay-ms`` puts the delay proxy between the server and PostgreSQL: creates still
+    succeed, and none can answer before the round trip to the database that its commit needs
+    (twice the delay)."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bench", "--stores", "postgres", "--workloads", "create"]
+    argv += ["--duration", "1", "--warmup", "0.3", "--concurrency", "4", "--pg-delay-ms", "5"]
+    argv += ["--json", str(out), "--workdir", str(tmp_path)]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    row = next(r for r in report["results"] if r["workload"] == "create")
+    assert row["errors"] == 0 and row["ops"] > 0
+    assert row["p50"] >= 10.0, row
+    assert report["config"]["pg_delay_ms"] == 5.0
