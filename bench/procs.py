@@ -290,7 +290,11 @@ class PgEnv:
             self.port = free_port()
             argv = [sys.executable, "-m", "bench.delay", str(self.port), str(self.cluster.port)]
             self._proxy = subprocess.Popen([*argv, str(delay_ms)], cwd=ROOT)
-            wait_listening(self.port, "the PostgreSQL delay proxy")
+            try:
+                wait_listening(self.port, "the PostgreSQL delay proxy")
+            except ServerFailed:
+                self.close()
+                raise
 
     def _read_pid(self) -> int:
         pidfile = self.cluster.data / "postmaster.pid"
