@@ -254,7 +254,7 @@ class _StateCollector(Collector):
             (
                 "resonate_store_transactions",
                 "Transactions the store committed (one per request that reached the store, "
-                "plus background work).",
+                "searches excepted, plus background work).",
                 "transactions",
             ),
             (
