@@ -776,7 +776,12 @@ class Suite:
             f"{m['python']}, aiohttp {m['aiohttp']}, SQLite {m['sqlite']}, PostgreSQL "
             f"{m['postgres'] or '-'}; load average at start {m['loadavg_start']}, at end "
             f"{m['loadavg_end']}; suite took {m['suite_seconds']} s"
-            + (f"; server pinned to CPUs {m['server_cpus']}" if m.get("server_cpus") else ""),
+            + (f"; server pinned to CPUs {m['server_cpus']}" if m.get("server_cpus") else "")
+            + (
+                f"; PostgreSQL behind a proxy holding packets {self.args.pg_delay_ms:g} ms each way"
+                if self.args.pg_delay_ms
+                else ""
+            ),
         ]
         if any(r["noisy"] for r in self.rows):
             lines.append(
