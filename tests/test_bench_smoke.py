@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,18 +84,25 @@ def test_inprocess_smoke() -> None:
     ], proc.stdout
 
 
+def run_bench(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """``python -m bench ARGS`` with a JSON report in ``tmp_path``; (the report, stderr).
+    Fails the test when the run fails."""
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, "-m", "bench", *args, "--json", str(out), "--workdir", str(tmp_path)]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(out.read_text()), proc.stderr
+
+
 @pytest.mark.timeout(120)
 def test_bench_pinned_with_the_lean_ceiling(tmp_path: Path) -> None:
     """``--server-cpus`` and ``--ceiling-front lean`` keep working (no timing is looked at)."""
     cpu = str(min(os.sched_getaffinity(0)))
-    out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "bench", "--stores", "sqlite", "--workloads", "create"]
-    argv += ["--duration", "1", "--warmup", "0.5", "--concurrency", "8"]
-    argv += ["--server-cpus", cpu, "--ceiling-front", "lean"]
-    argv += ["--json", str(out), "--workdir", str(tmp_path)]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(out.read_text())
+    report, _ = run_bench(
+        tmp_path,
+        *("--stores", "sqlite", "--workloads", "create", "--duration", "1", "--warmup", "0.5"),
+        *("--concurrency", "8", "--server-cpus", cpu, "--ceiling-front", "lean"),
+    )
     assert report["failures"] == []
     rows = {r["workload"]: r for r in report["results"]}
     assert rows["create"]["errors"] == 0 and rows["create"]["throughput"] > 0
@@ -106,13 +114,11 @@ def test_bench_pinned_with_the_lean_ceiling(tmp_path: Path) -> None:
 def test_bench_timeline(tmp_path: Path) -> None:
     """``--timeline`` splits each run's operations into buckets of their (scheduled) starts:
     every measured operation is in exactly one bucket, and the report prints them."""
-    out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "bench", "--stores", "sqlite", "--workloads", "create-rate"]
-    argv += ["--rate", "200", "--duration", "1", "--warmup", "0.3", "--timeline", "0.25"]
-    argv += ["--json", str(out), "--workdir", str(tmp_path)]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(out.read_text())
+    report, stderr = run_bench(
+        tmp_path,
+        *("--stores", "sqlite", "--workloads", "create-rate", "--rate", "200"),
+        *("--duration", "1", "--warmup", "0.3", "--timeline", "0.25"),
+    )
     row = next(r for r in report["results"] if r["workload"] == "create-rate")
     buckets = row["extra"]["timeline"]
     assert row["ops"] > 0 and sum(b[1] for b in buckets) == row["ops"]
@@ -120,7 +126,7 @@ def test_bench_timeline(tmp_path: Path) -> None:
     assert starts == sorted(starts) and all(s % 0.25 < 1e-9 for s in starts)
     assert all(0 < p50 <= worst for _, _, p50, worst in buckets)
     assert report["config"]["timeline"] == 0.25
-    assert proc.stderr.count(" ops  p50 ") == len(buckets)
+    assert stderr.count(" ops  p50 ") == len(buckets)
 
 
 @pytest.mark.timeout(120)
@@ -128,13 +134,11 @@ def test_bench_pg_delay(tmp_path: Path) -> None:
     """``--pg-delay-ms`` puts the delay proxy between the server and PostgreSQL: creates still
     succeed, and none can answer before the round trip to the database that its commit needs
     (twice the delay)."""
-    out = tmp_path / "bench.json"
-    argv = [sys.executable, "-m", "bench", "--stores", "postgres", "--workloads", "create"]
-    argv += ["--duration", "1", "--warmup", "0.3", "--concurrency", "4", "--pg-delay-ms", "5"]
-    argv += ["--json", str(out), "--workdir", str(tmp_path)]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(out.read_text())
+    report, _ = run_bench(
+        tmp_path,
+        *("--stores", "postgres", "--workloads", "create", "--duration", "1", "--warmup", "0.3"),
+        *("--concurrency", "4", "--pg-delay-ms", "5"),
+    )
     row = next(r for r in report["results"] if r["workload"] == "create")
     assert row["errors"] == 0 and row["ops"] > 0
     assert row["p50"] >= 10.0, row

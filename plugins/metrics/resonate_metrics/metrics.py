@@ -234,39 +234,38 @@ class _StateCollector(Collector):
             g.add_metric([m.version, m.store], 1)
         yield g
         stats = m.store_stats() if sampled else None
-        for name, doc, field in (
+        family: type[GaugeMetricFamily | CounterMetricFamily]
+        for family, name, doc, field in (
             (
+                GaugeMetricFamily,
                 "resonate_store_queued",
                 "Transactions waiting for the store's next batch now (store saturation).",
                 "queued",
             ),
             (
+                GaugeMetricFamily,
                 "resonate_store_lanes",
                 "Connections new transactions go to now (PostgreSQL lanes in use; 0 for SQLite).",
                 "lanes",
             ),
-        ):
-            g = GaugeMetricFamily(name, doc)
-            if stats is not None:
-                g.add_metric([], getattr(stats, field))
-            yield g
-        for name, doc, field in (
             (
+                CounterMetricFamily,
                 "resonate_store_transactions",
                 "Transactions the store committed (one per request that reached the store, "
                 "searches excepted, plus background work).",
                 "transactions",
             ),
             (
+                CounterMetricFamily,
                 "resonate_store_commits",
                 "Database commits; transactions / commits is the average group-commit batch.",
                 "commits",
             ),
         ):
-            c = CounterMetricFamily(name, doc)
+            metric = family(name, doc)
             if stats is not None:
-                c.add_metric([], getattr(stats, field))
-            yield c
+                metric.add_metric([], getattr(stats, field))
+            yield metric
 
 
 class ServerMetrics:
