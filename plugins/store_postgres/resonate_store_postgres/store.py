@@ -378,7 +378,7 @@ def lanes_wanted(active: int, total: int, busy: float, waited: int) -> int:
         return max(floor, active - 1)
     if busy <= BUSY_LOW and waited:
         return min(total, active + 1)
-    return max(floor, min(total, active))
+    return active
 
 
 class PostgresStore(Store):
@@ -521,10 +521,14 @@ class PostgresStore(Store):
 
         return await self.transact(apply)
 
-    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
-        lanes = self._active
-        if self._engine is None or not lanes:
+    def _open_lanes(self) -> list[_Lane]:
+        """The lanes new transactions go to; raises :class:`StoreUnavailable` once closed."""
+        if self._engine is None or not self._active:
             raise StoreUnavailable("the PostgreSQL store is closed")
+        return self._active
+
+    async def transact(self, fn: Callable[[StoreTx], Awaitable[T]], key: str | None = None) -> T:
+        lanes = self._open_lanes()
         if key is None:
             lane = min(lanes, key=lambda x: len(x.jobs))
         else:
@@ -537,8 +541,7 @@ class PostgresStore(Store):
     async def read(self, fn: Callable[[StoreTx], Awaitable[T]]) -> T:
         """Run ``fn`` in a read-only transaction on a connection of its own, off the lanes, so
         that a long search holds up no lane's batch; at most :data:`READERS` at once."""
-        if self._engine is None or not self._lanes:
-            raise StoreUnavailable("the PostgreSQL store is closed")
+        self._open_lanes()
         async with self._reading:
             sa_conn, conn = await self._checkout()
             try:
