@@ -497,3 +497,53 @@ def test_reads_run_beside_the_lanes(cluster: PostgresCluster) -> None:
             assert await store.read(promise_ids) == ["committed", "uncommitted"]
 
     asyncio.run(main())
+
+
+def test_outbox_claims_and_due_timeouts_keep_index_plans(cluster: PostgresCluster) -> None:
+    """The unblock claim probes ``promises`` by primary key and the timeout scan uses
+    ``ix_promises_due``, even with generic plans and statistics that count thousands of queued
+    (since deleted) unblocks. Before, such statistics made each claim hash all of ``promises``,
+    and the timeout scan's generic plan read the whole table."""
+    database = cluster.create_database()
+
+    def generic_plan(sql: str, args: tuple[Any, ...]) -> str:
+        assert all(isinstance(a, int) for a in args), args
+        return cluster.psql(
+            f"PREPARE q AS {sql}; SET plan_cache_mode = force_generic_plan; "
+            f"EXPLAIN EXECUTE q({', '.join(map(str, args))})",
+            database,
+        )
+
+    async def main() -> list[tuple[str, tuple[Any, ...]]]:
+        async with one_lane(cluster, database) as store:
+            cluster.psql(
+                "INSERT INTO promises (id, state, param, value, tags, target, timeout_at, "
+                "created_at) SELECT 'p' || g, 'pending', '{}', '{}', '{}', 'poll://any@w', g, 0 "
+                "FROM generate_series(1, 20000) g; "
+                "INSERT INTO outgoing_unblock SELECT 'p' || g, 'poll://any@w' "
+                "FROM generate_series(1, 5000) g; ANALYZE; DELETE FROM outgoing_unblock; "
+                "INSERT INTO outgoing_unblock VALUES ('p1', 'poll://any@a'), ('p2', 'poll://any@b')",
+                database,
+            )
+            await store.ping()
+            conn = store._lanes[0].conn
+            assert conn is not None
+            seen: list[tuple[str, tuple[Any, ...]]] = []
+            conn.add_query_logger(lambda q: seen.append((q.query, tuple(q.args))))
+            messages = await store.transact(lambda tx: tx.take_messages(100))
+            assert sorted((m.address, m.promise.id) for m in messages if m.promise) == [
+                ("poll://any@a", "p1"),
+                ("poll://any@b", "p2"),
+            ]
+            due = await store.transact(lambda tx: tx.due_promises(FAR, 10))
+            assert [p.id for p in due] == [f"p{i}" for i in range(1, 11)]
+            return seen
+
+    seen = asyncio.run(main())
+    claim = [q for q in seen if "outgoing_unblock" in q[0]]
+    scan = [q for q in seen if "timeout_at <=" in q[0] and "FROM promises" in q[0]]
+    assert len(claim) == 1 and len(scan) == 1, seen
+    plan = generic_plan(*claim[0])
+    assert "promises_pkey" in plan and "Seq Scan on promises" not in plan, plan
+    plan = generic_plan(*scan[0])
+    assert "ix_promises_due" in plan and "Seq Scan on promises" not in plan, plan

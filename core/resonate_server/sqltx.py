@@ -190,10 +190,13 @@ class SqlTx(StoreTx):
         return [promise_row(r) for r in rows]
 
     async def due_promises(self, now: int, limit: int) -> list[Promise]:
+        # The state is a literal: a partial index (ix_promises_due) serves a prepared
+        # statement's generic plan only when its condition is spelled out.
         rows = await self._rows(
-            f"SELECT {PROMISE_COLS} FROM promises WHERE state = ? AND target IS NOT NULL "
-            f"AND timeout_at <= ? ORDER BY timeout_at LIMIT ?{self.LOCK}{self.SKIP_LOCKED}",
-            (PENDING, now, limit),
+            f"SELECT {PROMISE_COLS} FROM promises WHERE state = '{PENDING}' "
+            "AND target IS NOT NULL AND timeout_at <= ? ORDER BY timeout_at "
+            f"LIMIT ?{self.LOCK}{self.SKIP_LOCKED}",
+            (now, limit),
         )
         return [promise_row(r) for r in rows]
 

@@ -182,11 +182,19 @@ class PgTx(SqlTx):
         return moved > 0
 
     async def _take_unblocks(self, limit: int) -> list[Message]:
+        """Claim unblocks with their promises in one statement whose plan the statistics cannot
+        turn into a scan of ``promises``: the claimed rows are deleted by ``ctid`` and each
+        promise is one primary-key probe (a ``LATERAL ... LIMIT 1`` is always a nested loop).
+
+        A plain join let the planner, misled by the queue's dead rows, hash all of
+        ``promises`` for each claim.
+        """
         rows = await self._rows(
-            "WITH gone AS (DELETE FROM outgoing_unblock WHERE (promise_id, address) IN "
-            "(SELECT promise_id, address FROM outgoing_unblock LIMIT ? FOR UPDATE SKIP LOCKED) "
+            "WITH gone AS (DELETE FROM outgoing_unblock WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM outgoing_unblock LIMIT ? FOR UPDATE SKIP LOCKED)) "
             f"RETURNING promise_id, address) SELECT gone.address, {PROMISE_COLS_AS_P} "
-            "FROM gone JOIN promises p ON p.id = gone.promise_id",
+            "FROM gone CROSS JOIN LATERAL "
+            "(SELECT * FROM promises WHERE id = gone.promise_id LIMIT 1) p",
             (limit,),
         )
         return [Message(r[0], "unblock", promise=promise_row(r[1:])) for r in rows]
