@@ -54,7 +54,8 @@ TARGET_CEILING_RATIO = 0.7
 TARGET_CREATE_P99_MS = 50.0
 TARGET_TASKS = 2000.0
 TARGET_SCALE_GET_P99_MS = 10.0
-TARGET_SCALE_CREATE_RATIO = 0.8
+#: Throughput with the scale seed stored, as a fraction of the empty database (create, task).
+TARGET_SCALE_RATIO = 0.8
 
 #: CPU (100% = one core) used by other processes during a window above which a row is
 #: marked as measured on a busy machine.
@@ -146,6 +147,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "as a database across a network would (default 0: direct)",
     )
     p.add_argument(
+        "--pg-statements",
+        type=int,
+        default=0,
+        metavar="N",
+        help="load pg_stat_statements into the PostgreSQL cluster and, after each PostgreSQL "
+        "row, print the N statements with the most execution time in that run, warm-up "
+        "included (default 0: off)",
+    )
+    p.add_argument(
         "--server-cpus",
         default="",
         metavar="CPUS",
@@ -218,6 +228,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--timeline must be a number of seconds, 0 for none")
     if not 0 <= args.pg_delay_ms <= 1000:
         p.error("--pg-delay-ms must be between 0 and 1000")
+    if not 0 <= args.pg_statements <= 100:
+        p.error("--pg-statements must be between 0 and 100")
     return args
 
 
@@ -238,6 +250,8 @@ class Suite:
         self.all_runs: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.pg: PgEnv | None = None
+        #: The PostgreSQL store whose statements the next row reports (``--pg-statements``).
+        self.statements_of: Store | None = None
         self.run_id = f"b{int(time.time()) % 100000}-"
         self.machine: dict[str, Any] = {}
 
@@ -254,14 +268,33 @@ class Suite:
         if kind == "sqlite":
             return sqlite_store(self.workdir, label)
         if self.pg is None:
-            self.pg = PgEnv(self.args.pg_delay_ms)
+            self.pg = PgEnv(self.args.pg_delay_ms, self.args.pg_statements > 0)
         return self.pg.store(label)
 
     def window(self, server: Process, store: Store | None) -> Window:
         meters = {"server": CpuMeter([server.pid])}
+        self.statements_of = None
         if store is not None and store.pg is not None:
             meters["db"] = CpuMeter(pid_fn=store.db_pids)
+            if self.args.pg_statements:
+                store.pg.reset_statements(store)
+                self.statements_of = store
         return Window(meters)
+
+    def report_statements(self, r: dict[str, Any]) -> None:
+        """With ``--pg-statements``: the busiest statements of the run ``r`` just measured."""
+        store, self.statements_of = self.statements_of, None
+        if store is None or store.pg is None:
+            return
+        top = store.pg.top_statements(store, self.args.pg_statements)
+        r["extra"]["pg_statements"] = top
+        self.say("    pg_stat_statements: calls, total ms, mean µs, rows, statement")
+        for s in top:
+            query = s["query"] if len(s["query"]) <= 140 else s["query"][:137] + "..."
+            self.say(
+                f"    {s['calls']:>8} {s['total_ms']:>9.1f} {1000 * s['mean_ms']:>8.1f} "
+                f"{s['rows']:>8}  {query}"
+            )
 
     def phase(self, window: Window) -> Phase:
         a = self.args
@@ -319,6 +352,7 @@ class Suite:
             self.say(f"    errors: {stats.error_kinds}")
         for start, ops, p50, worst in stats.extra.get("timeline", []):
             self.say(f"    at {start:6.2f} s  {ops:6d} ops  p50 {p50:8.2f}  max {worst:8.2f} ms")
+        self.report_statements(r)
         return r
 
     def find(self, workload: str, store: str) -> dict[str, Any] | None:
@@ -595,6 +629,14 @@ class Suite:
                 stats = self.run_async(wl.create(server.port, prefix, a.concurrency, self.phase(w)))
                 stats.extra["seeded"] = n
                 self.row("scale-create", kind, stats, w, server, note=f"{n:,} stored")
+                w = self.window(server, store)
+                stats = self.run_async(
+                    wl.task_round_trip(
+                        server.port, f"{prefix}t-", a.concurrency, a.workers, self.phase(w)
+                    )
+                )
+                stats.extra["seeded"] = n
+                self.row("scale-task", kind, stats, w, server, unit="tasks/s", note=f"{n:,} stored")
 
             self.with_server(label, store, body, prepare=prepare)
 
@@ -634,12 +676,13 @@ class Suite:
                     r["note"] = f"{ratio:.2f} x ceiling" + (
                         f" (median of {len(pairs)} ceiling/create pairs)" if len(pairs) > 1 else ""
                     )
-            elif r["workload"] == "scale-create":
-                empty = self.find("create", r["store"])
+            elif r["workload"] in ("scale-create", "scale-task"):
+                what = r["workload"].removeprefix("scale-")
+                empty = self.find(what, r["store"])
                 if empty and empty["throughput"] > 0:
                     ratio = r["throughput"] / empty["throughput"]
-                    r["extra"]["vs_empty_create"] = round(ratio, 3)
-                    r["note"] = f"{r['extra']['seeded']:,} stored; {ratio:.2f} x empty-db create"
+                    r["extra"][f"vs_empty_{what}"] = round(ratio, 3)
+                    r["note"] = f"{r['extra']['seeded']:,} stored; {ratio:.2f} x empty-db {what}"
             if r.get("median_of"):
                 r["note"] = (r["note"] + "; " if r["note"] else "") + (
                     f"median of {r['median_of']} by {r['median_by']}"
@@ -656,7 +699,7 @@ class Suite:
         try:
             if "postgres" in a.store_list:
                 self.say("starting a throwaway PostgreSQL cluster")
-                self.pg = PgEnv(a.pg_delay_ms)
+                self.pg = PgEnv(a.pg_delay_ms, a.pg_statements > 0)
                 pg_version = self.pg.version()
             self.machine = machine_info(pg_version)
             self.machine["server_plugins"] = plugins()
@@ -726,16 +769,13 @@ class Suite:
                 ok = sg["p99"] < TARGET_SCALE_GET_P99_MS and sg["errors"] == 0
                 name = f"get p99 ms at {a.get_rate:.0f}/s, {a.seed:,} stored ({kind})"
                 add(name, sg["p99"], f"< {TARGET_SCALE_GET_P99_MS:.0f}", ok)
-            sc = self.find("scale-create", kind)
-            if sc and "vs_empty_create" in sc["extra"]:
-                ratio = sc["extra"]["vs_empty_create"]
-                name = f"create with {a.seed:,} stored / empty ({kind})"
-                add(
-                    name,
-                    ratio,
-                    f">= {TARGET_SCALE_CREATE_RATIO}",
-                    ratio >= TARGET_SCALE_CREATE_RATIO,
-                )
+            for what in ("create", "task"):
+                sc = self.find(f"scale-{what}", kind)
+                if sc and f"vs_empty_{what}" in sc["extra"]:
+                    ratio = sc["extra"][f"vs_empty_{what}"]
+                    name = f"{what} with {a.seed:,} stored / empty ({kind})"
+                    goal = f">= {TARGET_SCALE_RATIO}"
+                    add(name, ratio, goal, ratio >= TARGET_SCALE_RATIO)
         return out
 
     def report(self) -> str:
@@ -835,7 +875,7 @@ class Suite:
                 "duration", "warmup", "concurrency", "rate", "get_rate", "seed", "get_seeded",
                 "workers", "sdk_concurrency", "sdk_steps", "sse_connections", "max_ops",
                 "repeat", "wait_quiet", "server_arg", "smoke", "compare", "timeline",
-                "pg_delay_ms",
+                "pg_delay_ms", "pg_statements",
             )
         }  # fmt: skip
         config["workloads"] = a.workload_list

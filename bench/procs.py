@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -273,15 +274,17 @@ class PgEnv:
     """A throwaway PostgreSQL cluster (tests/pg.py) for the whole run; one database per store.
 
     With ``delay_ms``, servers reach it through :mod:`bench.delay`, which holds every packet
-    that long in each direction (a database across a network).
+    that long in each direction (a database across a network). With ``statements``, the
+    cluster loads ``pg_stat_statements`` (see :meth:`reset_statements`, :meth:`top_statements`).
     """
 
-    def __init__(self, delay_ms: float = 0.0) -> None:
+    def __init__(self, delay_ms: float = 0.0, statements: bool = False) -> None:
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
         from tests.pg import PostgresCluster
 
-        self.cluster = PostgresCluster()
+        settings = {"shared_preload_libraries": "pg_stat_statements"} if statements else {}
+        self.cluster = PostgresCluster(settings)
         self.cluster.start()
         self._postmaster = self._read_pid()
         self.port = self.cluster.port
@@ -325,6 +328,32 @@ class PgEnv:
             "user": "postgres",
             "database": database,
         }
+
+    def reset_statements(self, store: Store) -> None:
+        """Forget the statement statistics gathered so far (needs ``statements``)."""
+        self.cluster.psql(
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+            store.database,
+        )
+
+    def top_statements(self, store: Store, n: int) -> list[dict[str, Any]]:
+        """The ``n`` statements of ``store``'s database with the most execution time since
+        :meth:`reset_statements`: calls, total and mean execution ms, rows, and the text."""
+        out = self.cluster.psql(
+            "SELECT calls, total_exec_time, mean_exec_time, rows, "
+            "regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            f"AND query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT {n}",
+            store.database,
+        )
+        keys = ("calls", "total_ms", "mean_ms", "rows", "query")
+        rows = [dict(zip(keys, line.split("|", 4), strict=True)) for line in out.splitlines()]
+        for r in rows:
+            for k in ("calls", "rows"):
+                r[k] = int(r[k])
+            for k in ("total_ms", "mean_ms"):
+                r[k] = round(float(r[k]), 3)
+        return rows
 
     def drop(self, store: Store) -> None:
         with contextlib.suppress(Exception):

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 PG_BIN = Path(os.environ.get("RESONATE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -25,7 +26,10 @@ def _free_port() -> int:
 
 
 class PostgresCluster:
-    def __init__(self) -> None:
+    """A throwaway cluster; ``settings`` are extra server settings (``-c name=value``)."""
+
+    def __init__(self, settings: Mapping[str, str] | None = None) -> None:
+        self.settings = dict(settings or {})
         for tool in ("initdb", "pg_ctl", "postgres"):
             if not (PG_BIN / tool).exists():
                 raise RuntimeError(
@@ -78,7 +82,7 @@ class PostgresCluster:
             opts = (
                 f"-p {self.port} -k {self.dir} -c listen_addresses={self.host} "
                 "-c fsync=on -c synchronous_commit=on -c max_connections=200"
-            )
+            ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
             args += ["-o", opts]
         if action == "stop":
             args += ["-m", "fast"]

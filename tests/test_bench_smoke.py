@@ -31,6 +31,7 @@ EXPECTED = [
     ("scale-search", "sqlite"),
     ("scale-get-searching", "sqlite"),
     ("scale-create", "sqlite"),
+    ("scale-task", "sqlite"),
     ("sse-idle", "sqlite"),
 ]
 
@@ -143,3 +144,25 @@ def test_bench_pg_delay(tmp_path: Path) -> None:
     assert row["errors"] == 0 and row["ops"] > 0
     assert row["p50"] >= 10.0, row
     assert report["config"]["pg_delay_ms"] == 5.0
+
+
+@pytest.mark.timeout(120)
+def test_bench_pg_statements(tmp_path: Path) -> None:
+    """``--pg-statements N`` reports, with each PostgreSQL row, the statements of that run with
+    the most execution time: the promise insert of a create run is among them, and the
+    statistics of one run do not leak into the next."""
+    report, stderr = run_bench(
+        tmp_path,
+        *("--stores", "postgres", "--workloads", "create,get", "--duration", "1"),
+        *("--warmup", "0.3", "--concurrency", "4", "--get-seeded", "100", "--pg-statements", "5"),
+    )
+    rows = {r["workload"]: r for r in report["results"]}
+    create = rows["create"]["extra"]["pg_statements"]
+    assert 0 < len(create) <= 5
+    assert any(s["query"].startswith("INSERT INTO promises") for s in create), create
+    assert all(s["calls"] > 0 and s["total_ms"] >= 0 for s in create)
+    get = rows["get"]["extra"]["pg_statements"]
+    assert not any(s["query"].startswith("INSERT INTO promises") for s in get), get
+    assert any(s["query"].startswith("SELECT") for s in get), get
+    assert "pg_stat_statements: calls" in stderr
+    assert report["config"]["pg_statements"] == 5
