@@ -153,7 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="load pg_stat_statements into the PostgreSQL cluster and, after each PostgreSQL "
         "row, print the N statements with the most execution time in that run, warm-up "
-        "included (default 0: off)",
+        "included; it slows the database, so do not compare such runs with others "
+        "(default 0: off)",
     )
     p.add_argument(
         "--server-cpus",
@@ -250,8 +251,6 @@ class Suite:
         self.all_runs: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.pg: PgEnv | None = None
-        #: The PostgreSQL store whose statements the next row reports (``--pg-statements``).
-        self.statements_of: Store | None = None
         self.run_id = f"b{int(time.time()) % 100000}-"
         self.machine: dict[str, Any] = {}
 
@@ -273,20 +272,26 @@ class Suite:
 
     def window(self, server: Process, store: Store | None) -> Window:
         meters = {"server": CpuMeter([server.pid])}
-        self.statements_of = None
+        statements_of = None
         if store is not None and store.pg is not None:
             meters["db"] = CpuMeter(pid_fn=store.db_pids)
             if self.args.pg_statements:
                 store.pg.reset_statements(store)
-                self.statements_of = store
-        return Window(meters)
+                statements_of = store
+        return Window(meters, statements_of)
 
-    def report_statements(self, r: dict[str, Any]) -> None:
-        """With ``--pg-statements``: the busiest statements of the run ``r`` just measured."""
-        store, self.statements_of = self.statements_of, None
+    def report_statements(self, r: dict[str, Any], window: Window | None) -> None:
+        """With ``--pg-statements``: the busiest statements of the run ``r`` just measured
+        (a failure to read them is reported, and the row kept)."""
+        store: Store | None = window.statements_of if window else None
         if store is None or store.pg is None:
             return
-        top = store.pg.top_statements(store, self.args.pg_statements)
+        try:
+            top = store.pg.top_statements(store, self.args.pg_statements)
+        except Exception as e:
+            self.failures.append(f"{r['workload']}-{r['store']}: pg_stat_statements: {e}")
+            self.say(f"    pg_stat_statements FAILED: {e}")
+            return
         r["extra"]["pg_statements"] = top
         self.say("    pg_stat_statements: calls, total ms, mean µs, rows, statement")
         for s in top:
@@ -352,7 +357,7 @@ class Suite:
             self.say(f"    errors: {stats.error_kinds}")
         for start, ops, p50, worst in stats.extra.get("timeline", []):
             self.say(f"    at {start:6.2f} s  {ops:6d} ops  p50 {p50:8.2f}  max {worst:8.2f} ms")
-        self.report_statements(r)
+        self.report_statements(r, window)
         return r
 
     def find(self, workload: str, store: str) -> dict[str, Any] | None:
@@ -636,7 +641,8 @@ class Suite:
                     )
                 )
                 stats.extra["seeded"] = n
-                self.row("scale-task", kind, stats, w, server, unit="tasks/s", note=f"{n:,} stored")
+                note = f"{n:,} stored; {a.workers} workers"
+                self.row("scale-task", kind, stats, w, server, unit="tasks/s", note=note)
 
             self.with_server(label, store, body, prepare=prepare)
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .procs import CpuMeter, machine_jiffies, self_cpu_seconds
+from .procs import CpuMeter, Store, machine_jiffies, self_cpu_seconds
 
 perf = time.perf_counter
 
@@ -144,8 +144,10 @@ class Window:
     the window (other people's tests) can be reported next to the numbers.
     """
 
-    def __init__(self, meters: dict[str, CpuMeter]) -> None:
+    def __init__(self, meters: dict[str, CpuMeter], statements_of: Store | None = None) -> None:
         self.meters = meters
+        #: The PostgreSQL store whose statement statistics the row reports (``--pg-statements``).
+        self.statements_of = statements_of
         self.cpu: dict[str, float] = {}
         self._self0 = 0.0
         self._t0 = 0.0

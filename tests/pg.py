@@ -7,6 +7,7 @@ system account. A missing PostgreSQL is an error, never a skip.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -82,7 +83,7 @@ class PostgresCluster:
             opts = (
                 f"-p {self.port} -k {self.dir} -c listen_addresses={self.host} "
                 "-c fsync=on -c synchronous_commit=on -c max_connections=200"
-            ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
+            ) + "".join(f" -c {shlex.quote(f'{k}={v}')}" for k, v in self.settings.items())
             args += ["-o", opts]
         if action == "stop":
             args += ["-m", "fast"]

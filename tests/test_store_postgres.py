@@ -517,6 +517,7 @@ def test_outbox_claims_and_due_timeouts_keep_index_plans(cluster: PostgresCluste
     async def main() -> list[tuple[str, tuple[Any, ...]]]:
         async with one_lane(cluster, database) as store:
             cluster.psql(
+                "ALTER TABLE outgoing_unblock SET (autovacuum_enabled = off); "
                 "INSERT INTO promises (id, state, param, value, tags, target, timeout_at, "
                 "created_at) SELECT 'p' || g, 'pending', '{}', '{}', '{}', 'poll://any@w', g, 0 "
                 "FROM generate_series(1, 20000) g; "

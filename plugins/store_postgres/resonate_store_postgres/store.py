@@ -187,7 +187,8 @@ class PgTx(SqlTx):
         promise is one primary-key probe (a ``LATERAL ... LIMIT 1`` is always a nested loop).
 
         A plain join let the planner, misled by the queue's dead rows, hash all of
-        ``promises`` for each claim.
+        ``promises`` for each claim. The ``ctid`` of a claimed row cannot change before the
+        delete: the row stays locked, and queued unblocks are never updated.
         """
         rows = await self._rows(
             "WITH gone AS (DELETE FROM outgoing_unblock WHERE ctid = ANY(ARRAY("
