@@ -93,6 +93,28 @@ def test_seed_yaml_starts_on_postgres(
     assert c.call("promise.create", {"id": "y", "timeoutAt": FAR}).status == 200
 
 
+def test_a_socket_directory_as_host(make_server: Any, cluster: PostgresCluster) -> None:
+    """A host that is a directory (``/var/run/postgresql``, say) reaches PostgreSQL over the
+    Unix socket there, the port naming the socket file: a database on the same machine."""
+    db = cluster.create_database()
+    s = make_server(
+        *("--aio-store-postgres-enable", "--aio-store-postgres-host", str(cluster.dir)),
+        *("--aio-store-postgres-port", str(cluster.port), "--aio-store-postgres-database", db),
+        *("--aio-store-postgres-username", SUPERUSER),
+        store=False,
+    )
+    c = s.client()
+    assert c.get("/healthz").body == {"status": "ok", "store": "postgres"}
+    assert c.call("promise.create", {"id": "p", "timeoutAt": FAR}).status == 200
+    assert cluster.psql("SELECT state FROM promises WHERE id = 'p'", db) == "pending"
+    over = cluster.psql(
+        "SELECT DISTINCT client_addr IS NULL FROM pg_stat_activity "
+        f"WHERE datname = '{db}' AND application_name = 'resonate-server'",
+        db,
+    )
+    assert over == "t", over  # Unix-socket connections have no client address
+
+
 def test_password_never_in_errors(cluster: PostgresCluster, workdir: Path) -> None:
     out = resonate(
         "serve",

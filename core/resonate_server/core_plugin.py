@@ -93,7 +93,12 @@ def resonate_config_settings() -> list[Setting]:
         ),
         # The seed's PostgreSQL surface; the store itself comes from the postgres plugin.
         Setting("aio.store.postgres.enable", bool, False, "Use PostgreSQL as the store."),
-        Setting("aio.store.postgres.host", str, "localhost", "PostgreSQL host."),
+        Setting(
+            "aio.store.postgres.host",
+            str,
+            "localhost",
+            "PostgreSQL host, or a directory holding its Unix socket.",
+        ),
         Setting("aio.store.postgres.port", int, 5432, "PostgreSQL port.", minimum=1),
         Setting("aio.store.postgres.database", str, "resonate", "PostgreSQL database."),
         Setting("aio.store.postgres.username", str, "", "PostgreSQL user."),
