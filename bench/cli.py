@@ -263,12 +263,17 @@ class Suite:
         pin = ["--cpu-affinity", self.args.server_cpus] if self.args.server_cpus else []
         return ["--api-http-timeout", "2s", *pin, *self.args.server_arg]
 
+    def pg_env(self) -> PgEnv:
+        """The run's PostgreSQL cluster, started on first use with the run's options."""
+        if self.pg is None:
+            self.say("starting a throwaway PostgreSQL cluster")
+            self.pg = PgEnv(self.args.pg_delay_ms, self.args.pg_statements > 0)
+        return self.pg
+
     def new_store(self, kind: str, label: str) -> Store:
         if kind == "sqlite":
             return sqlite_store(self.workdir, label)
-        if self.pg is None:
-            self.pg = PgEnv(self.args.pg_delay_ms, self.args.pg_statements > 0)
-        return self.pg.store(label)
+        return self.pg_env().store(label)
 
     def window(self, server: Process, store: Store | None) -> Window:
         meters = {"server": CpuMeter([server.pid])}
@@ -704,9 +709,7 @@ class Suite:
         pg_version = None
         try:
             if "postgres" in a.store_list:
-                self.say("starting a throwaway PostgreSQL cluster")
-                self.pg = PgEnv(a.pg_delay_ms, a.pg_statements > 0)
-                pg_version = self.pg.version()
+                pg_version = self.pg_env().version()
             self.machine = machine_info(pg_version)
             self.machine["server_plugins"] = plugins()
             self.machine["server_cpus"] = a.server_cpus or None
