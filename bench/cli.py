@@ -360,6 +360,11 @@ class Suite:
         )
         if stats.error_kinds:
             self.say(f"    errors: {stats.error_kinds}")
+        if stats.extra.get("unstarted"):
+            self.say(
+                f"    {stats.extra['unstarted']} scheduled starts were still waiting for a free "
+                "connection at the end (in the percentiles, with their lateness then)"
+            )
         for start, ops, p50, worst in stats.extra.get("timeline", []):
             self.say(f"    at {start:6.2f} s  {ops:6d} ops  p50 {p50:8.2f}  max {worst:8.2f} ms")
         self.report_statements(r, window)

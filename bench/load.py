@@ -37,6 +37,9 @@ class Recorder:
         self.lat: list[float] = []
         self.timeline = timeline
         self.starts: list[float] = []  # with a timeline: the start of each latency in ``lat``
+        #: Open loop: how late each start was at the end that no sender had taken (lower bounds
+        #: of latencies; in the percentiles, not in the count of operations).
+        self.unstarted: list[float] = []
         self.errors = 0
         self.error_kinds: dict[str, int] = {}
         self.measuring = False
@@ -97,14 +100,16 @@ class Stats:
 
     @classmethod
     def of(cls, rec: Recorder, loadgen_cpu: float = 0.0) -> Stats:
-        lat = sorted(rec.lat)
+        lat = sorted(rec.lat + rec.unstarted)
         ms = [x * 1000 for x in (percentile(lat, 50), percentile(lat, 90), percentile(lat, 99))]
-        extra = {"timeline": timeline(rec)} if rec.timeline else {}
+        extra: dict[str, Any] = {"timeline": timeline(rec)} if rec.timeline else {}
+        if rec.unstarted:
+            extra["unstarted"] = len(rec.unstarted)
         return cls(
-            ops=len(lat),
+            ops=len(rec.lat),
             errors=rec.errors,
             seconds=rec.elapsed,
-            throughput=len(lat) / rec.elapsed,
+            throughput=len(rec.lat) / rec.elapsed,
             p50=ms[0],
             p90=ms[1],
             p99=ms[2],
@@ -227,49 +232,58 @@ async def closed_loop(
     return Stats.of(rec, phase.window.loadgen_cpu)
 
 
-async def open_loop(op: Op, rate: float, phase: Phase, max_in_flight: int = 5000) -> Stats:
-    """Start ``op`` ``rate`` times a second (spread evenly); latency from the scheduled start."""
+async def open_loop(
+    make_op: Callable[[int], Awaitable[Op]], rate: float, senders: int, phase: Phase
+) -> Stats:
+    """Start an operation ``rate`` times a second (spread evenly) on ``senders`` senders;
+    latency from the scheduled start.
+
+    Each sender owns one operation (``make_op(k)``, one connection) and, once free, takes the
+    next scheduled start: it waits for it, or starts at once when it is already late. At most
+    ``senders`` operations are in flight, as in the closed loop; when all are busy the next ones
+    wait, and their wait counts in their latency. A start due before the window ended that no
+    sender took enters the percentiles with its lateness at the end as latency (a lower bound),
+    so a server that falls behind cannot hide its backlog; it is not counted as an operation.
+    The senders cost the load generator one timer per operation and no task.
+    """
     rec = Recorder(phase.max_ops, phase.timeline)
-    in_flight: set[asyncio.Task[None]] = set()
     interval = 1.0 / rate
-    overloaded = 0
+    start = 0.0
+    taken = 0
+    done = False
 
-    async def one(scheduled: float) -> None:
-        try:
-            err = await op()
-        except Exception as e:
-            err = f"{type(e).__name__}: {e}"
-        rec.add(scheduled, perf(), err)
+    async def sender(k: int) -> None:
+        nonlocal taken
+        op = await make_op(k)
+        while not done:
+            scheduled = start + taken * interval
+            taken += 1
+            wait = scheduled - perf()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                err = await op()
+            except Exception as e:
+                err = f"{type(e).__name__}: {e}"
+            rec.add(scheduled, perf(), err)
 
-    async def ticker() -> None:
-        nonlocal overloaded
-        start = perf() + 0.01
-        i = 0
-        while True:
-            due = start + i * interval
-            now = perf()
-            if due > now:
-                await asyncio.sleep(due - now)
-                now = perf()
-            while start + i * interval <= now:
-                scheduled = start + i * interval
-                i += 1
-                if len(in_flight) >= max_in_flight:
-                    overloaded += 1
-                    rec.add(scheduled, now, f"not sent: {max_in_flight} operations already waiting")
-                    continue
-                t = asyncio.create_task(one(scheduled))
-                in_flight.add(t)
-                t.add_done_callback(in_flight.discard)
-
-    tick = asyncio.create_task(ticker())
-    try:
+    async def measure() -> None:
         await _measure(rec, phase)
+        due = min(int((rec.t1 - start) / interval) + 1, taken + phase.max_ops)
+        rec.unstarted = [rec.t1 - (start + i * interval) for i in range(taken, due)]
+
+    start = perf() + 0.01
+    tasks = [asyncio.create_task(sender(k)) for k in range(senders)]
+    try:
+        await measure()
+        for t in tasks:
+            if t.done() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
     finally:
-        tick.cancel()
-        for t in list(in_flight):
+        done = True
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(tick, *in_flight, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
     stats = Stats.of(rec, phase.window.loadgen_cpu)
     stats.extra["target_rate"] = rate
     return stats

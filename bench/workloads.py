@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from . import seed as seeding
-from .httpc import Pool, RpcConnection, SseStream, post_head
+from .httpc import RpcConnection, SseStream, post_head
 from .load import Op, Phase, Stats, Window, closed_loop, open_loop
 from .procs import HOST, rss_mb
 
@@ -109,18 +109,24 @@ async def _one_kind_open(
     kind: str,
     next_request: Callable[[], bytes],
 ) -> Stats:
-    """Open loop at ``rate``, at most ``connections`` requests in flight, one request each."""
-    pool = Pool(HOST, port, connections)
-    await pool.fill(connections)
+    """Open loop at ``rate`` over ``connections`` connections, one request in flight on each."""
+    conns: list[RpcConnection] = []
 
-    async def op() -> str | None:
-        status, body = await pool.request(next_request())
-        return None if status == 200 else _status_error(kind, status, body)
+    async def make(k: int) -> Op:
+        conn = await RpcConnection.open(HOST, port)
+        conns.append(conn)
+
+        async def op() -> str | None:
+            status, body = await conn.request(next_request())
+            return None if status == 200 else _status_error(kind, status, body)
+
+        return op
 
     try:
-        return await open_loop(op, rate, phase)
+        return await open_loop(make, rate, connections, phase)
     finally:
-        pool.close()
+        for conn in conns:
+            conn.close()
 
 
 # --- promise.create -----------------------------------------------------------------------
