@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from resonate_server.records import Task
 from resonate_server.store import StoreTx
-from resonate_store_postgres.store import MIN_LANES, PostgresStore, lanes_wanted
+from resonate_store_postgres.store import MIN_LANES, PgTx, PostgresStore, lanes_wanted
 
 from .conftest import ServerProcess, pg_cluster, resonate, wait_for
 from .group_commit import one_failure_in_a_batch, promise, promise_ids
@@ -340,6 +340,73 @@ def test_deferred_writes_keep_their_order_and_are_read_back(cluster: PostgresClu
         async with one_lane(cluster, database) as store:
             assert await store.transact(writes) == ("resolved", "acquired", 1, ["q"])
             assert await store.transact(after) == ([], [("p", "poll://any@g")])
+
+    asyncio.run(main())
+
+
+class _RoundTrips:
+    """An asyncpg connection that counts the statements sent through it."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.sent = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.conn, name)
+        if name in ("execute", "fetch", "fetchrow", "fetchval"):
+            self.sent += 1
+        return method
+
+
+def test_buffered_writes_ride_with_a_statement_on_other_tables(cluster: PostgresCluster) -> None:
+    """Buffered writes join the next statement when it touches none of their tables (no round
+    trip of their own); a statement on one of their tables goes after them and sees them."""
+    database = cluster.create_database()
+    address = "poll://any@g"
+
+    async def body(tx: StoreTx) -> list[Any]:
+        assert isinstance(tx, PgTx)
+        wire = _RoundTrips(tx.c)
+        t = PgTx(wire)  # type: ignore[arg-type]
+        p = promise("p")
+        await t.insert_promise(p)
+        await t.insert_listener("p", address)
+        await t.flush()
+        before = wire.sent
+        p.state, p.value, p.settled_at = "resolved", {"data": "x"}, 5
+        await t.update_promise(p)
+        await t.insert_task(Task("p", "pending", 0))
+        moved = await t.unblock_listeners("p")
+        joined = wire.sent - before
+        settled, task = await t.get_promise_task("p")
+        await t.update_task(Task("p", "acquired", 1, 99, 1, "worker", 10))
+        before = wire.sent
+        updated = await t.get_task("p")
+        apart = wire.sent - before
+        snap = await t.snapshot()
+        return [
+            moved,
+            joined,
+            settled.state if settled else None,
+            task.state if task else None,
+            updated.state if updated else None,
+            apart,
+            snap.listeners,
+            snap.unblocks,
+        ]
+
+    async def main() -> None:
+        async with one_lane(cluster, database) as store:
+            assert await store.transact(body) == [
+                True,
+                1,
+                "resolved",
+                "pending",
+                "acquired",
+                2,
+                [],
+                [("p", address)],
+            ]
 
     asyncio.run(main())
 

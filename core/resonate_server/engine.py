@@ -113,11 +113,12 @@ async def settle_all(
                 await tx.delete_callbacks(prom.id, ready_only=False)
                 fulfilled.add(prom.id)
     for prom in settled:
+        # Listeners first: a store may send that statement with the writes above.
+        if await tx.unblock_listeners(prom.id):
+            c.outbox = True
         for awaiter in await tx.ready_callbacks(prom.id):
             if awaiter not in fulfilled:
                 await _resume(tx, c, awaiter)
-        if await tx.unblock_listeners(prom.id):
-            c.outbox = True
 
 
 async def _resume(tx: StoreTx, c: Ctx, task_id: str) -> None:

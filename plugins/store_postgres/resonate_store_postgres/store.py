@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -82,11 +83,13 @@ class PgTx(SqlTx):
     """The shared SQL on one asyncpg connection inside a transaction.
 
     Writes nobody reads the outcome of (:meth:`SqlTx._write`) wait in a buffer and go to the
-    database together, as one statement of data-modifying ``WITH`` clauses, right before the
-    next statement or at :meth:`flush` (the end of each transaction function): a round trip per
-    run of writes instead of one per write. The clauses of one statement all see the same
-    snapshot and may not touch one row twice, so a second write to a table already in the
-    buffer first flushes the buffer.
+    database together, as data-modifying ``WITH`` clauses: at :meth:`flush` (the end of each
+    transaction function), or in front of the next statement, which they join when it touches
+    none of their tables (:func:`tables_of`), else they go just before it. A run of writes so
+    costs at most one round trip, often none of its own. The clauses and the statement of one
+    round trip all see the same snapshot and may not touch one row twice, which is why they
+    share no table: a second write to a table already in the buffer first flushes the buffer,
+    and a statement joined to the buffer reads and writes what it would have after a flush.
 
     A transaction created ``priming`` holds back its first statement (see
     :func:`run_functions`): it suspends there, yielding :data:`_HELD`, until the lane resumes
@@ -124,14 +127,14 @@ class PgTx(SqlTx):
         if self.priming:
             await self._hold(sql, args)
         if self._pending:
-            await self.flush()
+            sql, args = await self._join_pending(sql, args)
         return await self.c.fetch(self.sql(sql), *args)  # type: ignore[no-any-return]
 
     async def _row(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
         if self.priming:
             await self._hold(sql, args)
         if self._pending:
-            await self.flush()
+            sql, args = await self._join_pending(sql, args)
         return await self.c.fetchrow(self.sql(sql), *args)  # type: ignore[no-any-return]
 
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
@@ -140,7 +143,7 @@ class PgTx(SqlTx):
             if done is not None:
                 return int(done)
         if self._pending:
-            await self.flush()
+            sql, args = await self._join_pending(sql, args)
         status: str = await self.c.execute(self.sql(sql), *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
@@ -161,15 +164,28 @@ class PgTx(SqlTx):
         pending = self._pending
         if not pending:
             return
-        self._pending = []
-        self._tables = set()
         if len(pending) == 1:
             sql, args = pending[0]
+            self._pending = []
+            self._tables = set()
         else:
-            clauses = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(pending))
-            sql = f"WITH {clauses} SELECT 1"
-            args = [arg for _, some in pending for arg in some]
+            sql, args = self._take_pending("SELECT 1", ())
         await self.c.execute(self.sql(sql), *args)
+
+    async def _join_pending(self, sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any]]:
+        """The statement to send for ``sql``: with the buffered writes in front when it touches
+        none of their tables; else the writes are sent first and ``sql`` is returned alone."""
+        if tables_of(sql) & self._tables:
+            await self.flush()
+            return sql, args
+        return self._take_pending(sql, args)
+
+    def _take_pending(self, sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
+        """Empty the buffer into ``WITH`` clauses in front of ``sql`` (which may have its own)."""
+        pending, self._pending, self._tables = self._pending, [], set()
+        clauses = ", ".join(f"w{i} AS ({text})" for i, (text, _) in enumerate(pending))
+        rest = f", {sql[5:]}" if sql.startswith("WITH ") else f" {sql}"
+        return f"WITH {clauses}{rest}", [arg for _, some in pending for arg in some] + list(args)
 
     async def unblock_listeners(self, promise_id: str) -> bool:
         moved = await self._exec(
@@ -199,6 +215,18 @@ class PgTx(SqlTx):
             (limit,),
         )
         return [Message(r[0], "unblock", promise=promise_row(r[1:])) for r in rows]
+
+
+_TABLE_NAMES = re.compile(r"\b(" + "|".join(schema.TABLES) + r")\b")
+_tables_of: dict[str, frozenset[str]] = {}
+
+
+def tables_of(sql: str) -> frozenset[str]:
+    """The tables of :data:`resonate_server.schema.TABLES` that ``sql`` names."""
+    found = _tables_of.get(sql)
+    if found is None:
+        found = _tables_of[sql] = frozenset(_TABLE_NAMES.findall(sql))
+    return found
 
 
 _HELD = object()  #: what a priming transaction function yields at its held first statement
