@@ -362,7 +362,7 @@ def test_buffered_writes_ride_with_a_statement_on_other_tables(cluster: Postgres
     """Buffered writes join the next statement when it touches none of their tables (no round
     trip of their own); a statement on one of their tables goes after them and sees them."""
     database = cluster.create_database()
-    address = "poll://any@g"
+    address, later = "poll://any@g", "poll://any@h"
 
     async def body(tx: StoreTx) -> list[Any]:
         assert isinstance(tx, PgTx)
@@ -378,7 +378,10 @@ def test_buffered_writes_ride_with_a_statement_on_other_tables(cluster: Postgres
         await t.insert_task(Task("p", "pending", 0))
         moved = await t.unblock_listeners("p")
         joined = wire.sent - before
-        settled, task = await t.get_promise_task("p")
+        await t.insert_listener("p", later)
+        before = wire.sent
+        settled, task = await t.get_promise_task("p")  # a locking read joins writes too
+        joined += wire.sent - before
         await t.update_task(Task("p", "acquired", 1, 99, 1, "worker", 10))
         before = wire.sent
         updated = await t.get_task("p")
@@ -399,12 +402,12 @@ def test_buffered_writes_ride_with_a_statement_on_other_tables(cluster: Postgres
         async with one_lane(cluster, database) as store:
             assert await store.transact(body) == [
                 True,
-                1,
+                2,
                 "resolved",
                 "pending",
                 "acquired",
                 2,
-                [],
+                [("p", later)],
                 [("p", address)],
             ]
 
