@@ -174,8 +174,9 @@ class PgTx(SqlTx):
 
     async def _join_pending(self, sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any]]:
         """The statement to send for ``sql``: with the buffered writes in front when it touches
-        none of their tables; else the writes are sent first and ``sql`` is returned alone."""
-        if tables_of(sql) & self._tables:
+        none of their tables (and is no ``WITH RECURSIVE``, which cannot follow other clauses);
+        else the writes are sent first and ``sql`` is returned alone."""
+        if tables_of(sql) & self._tables or sql.startswith("WITH RECURSIVE"):
             await self.flush()
             return sql, args
         return self._take_pending(sql, args)
