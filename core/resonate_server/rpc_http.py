@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import cast
 
 #: The longest request head (request line and headers) answered here; longer ones go to
 #: aiohttp, which applies its own limits.
@@ -107,8 +108,7 @@ class RpcConnection(asyncio.Protocol):
     # --- asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass of it
         self.connections.add(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
