@@ -222,3 +222,31 @@ def test_cpu_affinity_pins_every_thread(make_server: Any) -> None:
         ]
         assert allowed == [f"Cpus_allowed_list:\t{cpu}"], task
     assert f"running on CPUs {cpu}" in s.log()
+
+
+def _without_uvloop(workdir: Path) -> dict[str, str]:
+    """An environment in which ``import uvloop`` fails, as on a machine without it."""
+    shadow = workdir / "no-uvloop"
+    (shadow / "uvloop").mkdir(parents=True)
+    (shadow / "uvloop" / "__init__.py").write_text("raise ImportError('no uvloop here')\n")
+    return {"PYTHONPATH": f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def test_event_loop_is_uvloop_unless_asked_otherwise(make_server: Any) -> None:
+    """``event_loop`` auto serves on uvloop (a dependency where it builds); asyncio on request."""
+    default = make_server()
+    assert default.client().get("/healthz").status == 200
+    assert "(store: sqlite, event loop: uvloop)" in default.log()
+    plain = make_server("--event-loop", "asyncio")
+    assert plain.client().get("/healthz").status == 200
+    assert "(store: sqlite, event loop: asyncio)" in plain.log()
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_refuses(make_server: Any, workdir: Path) -> None:
+    env = _without_uvloop(workdir)
+    s = make_server(env=env)
+    assert s.client().get("/healthz").status == 200
+    assert "event loop: asyncio)" in s.log()
+    assert error("--event-loop", "uvloop", cwd=workdir, env=env) == (
+        "resonate: error: 'event_loop': uvloop is not installed (pip install uvloop, or use auto)"
+    )

@@ -428,7 +428,11 @@ class Server:
             await self.stop_background()
             raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
         log.info(
-            "resonate server listening on http://%s:%s (store: %s)", host, port, self.backend.name
+            "resonate server listening on http://%s:%s (store: %s, event loop: %s)",
+            host,
+            port,
+            self.backend.name,
+            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         if ready is not None:
             ready()

@@ -76,14 +76,34 @@ def _run_server(pm: PluginManager, settings: Settings) -> None:
 
     logs.setup(settings["log.level"], settings["log.format"])
     try:
+        loop_factory = _loop_factory(settings["event_loop"])
         server = build_server(settings, pm)
     except ConfigError as e:
         _fail(str(e))
         return
     try:
-        asyncio.run(server.serve(settings["api.http.host"], settings["api.http.port"]))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(server.serve(settings["api.http.host"], settings["api.http.port"]))
     except (StoreError, StartupError) as e:
         _fail(str(e), 1)
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory of the event loop ``event_loop`` names; None for asyncio's own.
+
+    Raises :class:`ConfigError` when ``uvloop`` is asked for and not installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError(
+                "'event_loop': uvloop is not installed (pip install uvloop, or use auto)"
+            ) from None
+        return None
+    return uvloop.new_event_loop
 
 
 def build_cli(pm: PluginManager) -> click.Group:

@@ -11,6 +11,7 @@ from .config import Duration, Setting, Settings
 hookimpl = pluggy.HookimplMarker("resonate")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @hookimpl
@@ -82,6 +83,14 @@ def resonate_config_settings() -> list[Setting]:
             100,
             "Messages of each kind taken from the outbox per delivery round.",
             minimum=1,
+        ),
+        Setting(
+            "event_loop",
+            str,
+            "auto",
+            "The event loop: uvloop when it is installed (auto), uvloop (refuse to start "
+            "without it), or Python's asyncio loop.",
+            choices=EVENT_LOOPS,
         ),
         Setting(
             "cpu_affinity",
