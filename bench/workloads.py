@@ -109,7 +109,8 @@ async def _one_kind_open(
     kind: str,
     next_request: Callable[[], bytes],
 ) -> Stats:
-    """Open loop at ``rate`` over ``connections`` connections, one request in flight on each."""
+    """Open loop at ``rate`` over ``connections`` connections, one request in flight on each;
+    a connection found closed is opened again before its next request."""
     conns: list[RpcConnection] = []
 
     async def make(k: int) -> Op:
@@ -117,6 +118,10 @@ async def _one_kind_open(
         conns.append(conn)
 
         async def op() -> str | None:
+            nonlocal conn
+            if conn.closed:
+                conn = await RpcConnection.open(HOST, port)
+                conns.append(conn)
             status, body = await conn.request(next_request())
             return None if status == 200 else _status_error(kind, status, body)
 
