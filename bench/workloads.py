@@ -12,7 +12,7 @@ import itertools
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,21 +84,41 @@ def _status_error(what: str, status: int, body: bytes) -> str:
     return f"{what} {status}: {body[:80]!r}"
 
 
-async def _one_kind_closed(
-    port: int, concurrency: int, phase: Phase, kind: str, next_request: Callable[[], bytes]
-) -> Stats:
-    """Closed loop over ``concurrency`` connections; an operation is one request of ``kind``."""
+def _one_request_each(
+    port: int, kind: str, next_request: Callable[[], bytes], opened: list[RpcConnection]
+) -> Callable[[int], Awaitable[Op]]:
+    """``make_op`` for the loops: client ``k`` gets a connection of its own (kept in ``opened``
+    for closing) and an operation of one request of ``kind``; a connection found closed is
+    opened again before the next request."""
 
     async def make(k: int) -> Op:
         conn = await RpcConnection.open(HOST, port)
+        opened.append(conn)
 
         async def op() -> str | None:
+            nonlocal conn
+            if conn.closed:
+                conn = await RpcConnection.open(HOST, port)
+                opened.append(conn)
             status, body = await conn.request(next_request())
             return None if status == 200 else _status_error(kind, status, body)
 
         return op
 
-    return await closed_loop(make, concurrency, phase)
+    return make
+
+
+async def _one_kind_closed(
+    port: int, concurrency: int, phase: Phase, kind: str, next_request: Callable[[], bytes]
+) -> Stats:
+    """Closed loop over ``concurrency`` connections; an operation is one request of ``kind``."""
+    opened: list[RpcConnection] = []
+    try:
+        make = _one_request_each(port, kind, next_request, opened)
+        return await closed_loop(make, concurrency, phase)
+    finally:
+        for conn in opened:
+            conn.close()
 
 
 async def _one_kind_open(
@@ -109,28 +129,13 @@ async def _one_kind_open(
     kind: str,
     next_request: Callable[[], bytes],
 ) -> Stats:
-    """Open loop at ``rate`` over ``connections`` connections, one request in flight on each;
-    a connection found closed is opened again before its next request."""
-    conns: list[RpcConnection] = []
-
-    async def make(k: int) -> Op:
-        conn = await RpcConnection.open(HOST, port)
-        conns.append(conn)
-
-        async def op() -> str | None:
-            nonlocal conn
-            if conn.closed:
-                conn = await RpcConnection.open(HOST, port)
-                conns.append(conn)
-            status, body = await conn.request(next_request())
-            return None if status == 200 else _status_error(kind, status, body)
-
-        return op
-
+    """Open loop at ``rate`` over ``connections`` connections, one request in flight on each."""
+    opened: list[RpcConnection] = []
     try:
+        make = _one_request_each(port, kind, next_request, opened)
         return await open_loop(make, rate, connections, phase)
     finally:
-        for conn in conns:
+        for conn in opened:
             conn.close()
 
 
