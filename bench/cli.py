@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seed", type=int, default=None, help="scale: promises bulk-loaded first (1,000,000)"
     )
     p.add_argument("--get-seeded", type=int, default=None, help="get: promises seeded (10,000)")
-    p.add_argument("--workers", type=int, default=None, help="task: SSE worker coroutines (16)")
+    p.add_argument("--workers", type=int, default=None, help="task: SSE worker coroutines (64)")
     p.add_argument("--sdk-concurrency", type=int, default=None, help="sdk: workflows at once (32)")
     p.add_argument("--sdk-steps", type=int, default=5, help="sdk: ctx.run steps per workflow (5)")
     p.add_argument(
@@ -203,7 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "concurrency": 8 if smoke else 64,
         "seed": 10_000 if smoke else 1_000_000,
         "get_seeded": 1_000 if smoke else 10_000,
-        "workers": 4 if smoke else 16,
+        "workers": 4 if smoke else 64,
         "sdk_concurrency": 4 if smoke else 32,
         "sse_connections": 100 if smoke else 1000,
         "max_ops": 50_000 if smoke else 1_000_000,
