@@ -516,6 +516,96 @@ def test_a_batch_of_creates_inserts_its_promises_in_one_statement(
     asyncio.run(main())
 
 
+def test_a_batch_reads_its_rows_in_one_statement_and_never_stale(
+    cluster: PostgresCluster,
+) -> None:
+    """Functions of one batch whose first statement is the same by-id read (a promise, or a
+    promise with its task) share one locking read; each gets its own row, or None. A function
+    whose row an earlier function of the batch wrote reads it again, and sees that write."""
+    database = cluster.create_database()
+
+    async def hold(tx: StoreTx) -> str:
+        await asyncio.sleep(0.2)  # keeps the only lane busy so that the next ones queue up
+        return "held"
+
+    async def setup(tx: StoreTx) -> None:
+        for pid in ("a", "b", "c"):
+            await tx.insert_promise(promise(pid))
+            await tx.insert_task(Task(pid, "pending", 1))
+
+    def read_task(pid: str) -> Any:
+        async def fn(tx: StoreTx) -> tuple[str | None, str | None]:
+            prom, task = await tx.get_promise_task(pid)
+            return (prom.state if prom else None, task.state if task else None)
+
+        return fn
+
+    def read_promise(pid: str) -> Any:
+        async def fn(tx: StoreTx) -> str | None:
+            prom = await tx.get_promise(pid)
+            return prom.state if prom else None
+
+        return fn
+
+    def settle(pid: str) -> Any:
+        async def fn(tx: StoreTx) -> str | None:
+            prom, task = await tx.get_promise_task(pid)
+            assert prom is not None and task is not None
+            prom.state, prom.settled_at = "resolved", 5
+            await tx.update_promise(prom)
+            task.state = "fulfilled"
+            await tx.update_task(task)
+            return "settled"
+
+        return fn
+
+    async def batch(store: PostgresStore, *fns: Any) -> list[Any]:
+        first = asyncio.ensure_future(store.transact(hold))
+        await asyncio.sleep(0.05)
+        results = await asyncio.gather(*[store.transact(fn) for fn in fns])
+        assert await first == "held"
+        return results
+
+    def reads(queries: list[str]) -> list[str]:
+        return [q for q in queries if q.startswith("SELECT") and "FROM promises" in q]
+
+    async def main() -> None:
+        async with one_lane(cluster, database) as store:
+            await store.transact(setup)
+            conn = store._lanes[0].conn
+            assert conn is not None
+            queries: list[str] = []
+            conn.add_query_logger(lambda q: queries.append(q.query))
+
+            got = await batch(
+                store,
+                read_task("a"),
+                read_promise("b"),
+                read_task("x"),
+                read_promise("y"),
+                read_task("c"),
+            )
+            assert got == [
+                ("pending", "pending"),
+                "pending",
+                (None, None),
+                None,
+                ("pending", "pending"),
+            ]
+            # one join for a, x and c, one promise read for b and y; x's missing task makes
+            # it look for the promise alone
+            assert len(reads(queries)) == 3, queries
+            assert sum("unnest" in q for q in reads(queries)) == 2, queries
+
+            queries.clear()
+            got = await batch(store, settle("a"), read_task("a"), read_promise("a"), read_task("b"))
+            assert got == ["settled", ("resolved", "fulfilled"), "resolved", ("pending", "pending")]
+            # the shared join, then a's two readers read again after settle("a") wrote it
+            assert len(reads(queries)) == 3, queries
+
+    asyncio.run(main())
+
+
 def test_lanes_wanted() -> None:
     """A busy loop drops a lane, down to the floor; a loop with room adds one back, but only
     when transactions waited in batches behind others."""

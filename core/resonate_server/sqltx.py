@@ -94,6 +94,10 @@ class SqlTx(StoreTx):
 
     #: The insert of one promise (:func:`promise_insert_args`) that leaves an existing id alone.
     INSERT_PROMISE: ClassVar[str]
+    #: The locking reads of one promise, and of a promise joined with its task, by id (``?``);
+    #: each row starts with the id.
+    GET_PROMISE: ClassVar[str]
+    GET_PROMISE_TASK: ClassVar[str]
 
     _cache: ClassVar[dict[str, str]]
 
@@ -104,6 +108,11 @@ class SqlTx(StoreTx):
         cls.INSERT_PROMISE = (
             f"INSERT INTO promises ({', '.join(PROMISE_INSERT_COLS)}) VALUES ({values}) "
             "ON CONFLICT DO NOTHING"
+        )
+        cls.GET_PROMISE = f"SELECT {PROMISE_COLS} FROM promises WHERE id = ?{cls.LOCK}"
+        cls.GET_PROMISE_TASK = (
+            f"SELECT {_PROMISE_TASK_COLS} FROM promises p JOIN tasks t ON t.id = p.id "
+            f"WHERE p.id = ?{cls.LOCK}"
         )
 
     @classmethod
@@ -136,16 +145,22 @@ class SqlTx(StoreTx):
         """
         await self._exec(sql, args)
 
+    def _wrote(self, id: str | None) -> None:
+        """The promise or task row ``id`` (None: any row) is about to be written; a store that
+        reads rows ahead of a transaction function (see the PostgreSQL store) listens here."""
+
     # --- promises ------------------------------------------------------------------------------
 
     async def get_promise(self, id: str) -> Promise | None:
-        r = await self._row(f"SELECT {PROMISE_COLS} FROM promises WHERE id = ?{self.LOCK}", (id,))
+        r = await self._row(self.GET_PROMISE, (id,))
         return None if r is None else promise_row(r)
 
     async def insert_promise(self, p: Promise) -> bool:
+        self._wrote(p.id)
         return await self._exec(self.INSERT_PROMISE, promise_insert_args(p)) == 1
 
     async def update_promise(self, p: Promise) -> None:
+        self._wrote(p.id)
         await self._write(
             "promises",
             "UPDATE promises SET state = ?, value = ?, settled_at = ? WHERE id = ?",
@@ -207,16 +222,13 @@ class SqlTx(StoreTx):
         return None if r is None else task_row(r)
 
     async def get_promise_task(self, id: str) -> tuple[Promise | None, Task | None]:
-        r = await self._row(
-            f"SELECT {_PROMISE_TASK_COLS} FROM promises p JOIN tasks t ON t.id = p.id "
-            f"WHERE p.id = ?{self.LOCK}",
-            (id,),
-        )
+        r = await self._row(self.GET_PROMISE_TASK, (id,))
         if r is None:
             return await self.get_promise(id), None
         return promise_task_row(r)
 
     async def insert_task(self, t: Task) -> None:
+        self._wrote(t.id)
         await self._write(
             "tasks",
             f"INSERT INTO tasks ({TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -224,6 +236,7 @@ class SqlTx(StoreTx):
         )
 
     async def update_task(self, t: Task) -> None:
+        self._wrote(t.id)
         await self._write(
             "tasks",
             "UPDATE tasks SET state = ?, version = ?, timeout_at = ?, timeout_type = ?, "
@@ -395,6 +408,7 @@ class SqlTx(StoreTx):
     # --- debug ---------------------------------------------------------------------------------
 
     async def reset(self) -> None:
+        self._wrote(None)
         for table in TABLES:
             await self._exec(f"DELETE FROM {table}")
 

@@ -93,23 +93,45 @@ class PgTx(SqlTx):
 
     A transaction created ``priming`` holds back its first statement (see
     :func:`run_functions`): it suspends there, yielding :data:`_HELD`, until the lane resumes
-    it with ``held_result``, the statement's outcome, or None to run the statement itself.
+    it with ``held_result``, the statement's outcome, or :data:`_RUN` to run the statement
+    itself. ``written``, shared by the transactions of a batch, collects the ids of the promise
+    and task rows they write (``None``: any row).
     """
 
-    __slots__ = ("_pending", "_tables", "c", "held", "held_result", "priming")
+    __slots__ = (
+        "_pending",
+        "_tables",
+        "c",
+        "held",
+        "held_result",
+        "priming",
+        "read_ahead",
+        "written",
+    )
 
     LOCK = " FOR UPDATE"
     SKIP_LOCKED = " SKIP LOCKED"
     TAG_MATCH = "{col} @> ?::jsonb"
     JSON_PARAM = "?::jsonb"
 
-    def __init__(self, conn: asyncpg.Connection, priming: bool = False) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        priming: bool = False,
+        written: set[str | None] | None = None,
+    ) -> None:
         self.c = conn
         self._pending: list[tuple[str, Sequence[Any]]] = []
         self._tables: set[str] = set()
         self.priming = priming
         self.held: tuple[str, Sequence[Any]] | None = None
-        self.held_result: Any = None
+        self.held_result: Any = _RUN
+        self.read_ahead: str | None = None
+        self.written = written
+
+    def _wrote(self, id: str | None) -> None:
+        if self.written is not None:
+            self.written.add(id)
 
     def held_insert(self) -> Sequence[Any] | None:
         """The arguments of the held statement when it is a promise insert with nothing before
@@ -117,6 +139,13 @@ class PgTx(SqlTx):
         if self.held is None or self._pending or self.held[0] != self.INSERT_PROMISE:
             return None
         return self.held[1]
+
+    def held_read(self) -> tuple[str, str] | None:
+        """The held statement and its id when it is a by-id read that many ids can share
+        (:data:`_READS_BY_IDS`) with nothing before it; else None."""
+        if self.held is None or self._pending or self.held[0] not in _READS_BY_IDS:
+            return None
+        return self.held[0], self.held[1][0]
 
     @classmethod
     def convert(cls, sql: str) -> str:
@@ -132,7 +161,9 @@ class PgTx(SqlTx):
 
     async def _row(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
         if self.priming:
-            await self._hold(sql, args)
+            got = await self._hold(sql, args)
+            if got is not _RUN:
+                return got  # type: ignore[no-any-return]
         if self._pending:
             sql, args = await self._join_pending(sql, args)
         return await self.c.fetchrow(self.sql(sql), *args)  # type: ignore[no-any-return]
@@ -140,7 +171,7 @@ class PgTx(SqlTx):
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
         if self.priming:
             done = await self._hold(sql, args)
-            if done is not None:
+            if done is not _RUN:
                 return int(done)
         if self._pending:
             sql, args = await self._join_pending(sql, args)
@@ -231,6 +262,7 @@ def tables_of(sql: str) -> frozenset[str]:
 
 
 _HELD = object()  #: what a priming transaction function yields at its held first statement
+_RUN = object()  #: a held statement's outcome that tells the function to run it itself
 
 
 class _Hold:
@@ -286,6 +318,20 @@ _INSERT_PROMISES = (
 )
 
 
+def _read_by_ids(sql: str) -> str:
+    """The by-id locking read ``sql`` for an array of ids: one primary-key probe per id, a plan
+    that no statistics can turn into a scan (``= ANY`` could, prepared on an empty table)."""
+    probe = sql.removesuffix(PgTx.LOCK).replace("id = ?", "id = w.id")
+    return (
+        "SELECT x.* FROM unnest($1::text[]) AS w(id) "
+        f"CROSS JOIN LATERAL ({probe} LIMIT 1{PgTx.LOCK}) x"
+    )
+
+
+#: The by-id locking reads, each with the statement that reads the rows of many ids at once.
+_READS_BY_IDS = {sql: _read_by_ids(sql) for sql in (PgTx.GET_PROMISE, PgTx.GET_PROMISE_TASK)}
+
+
 async def run_functions(
     conn: asyncpg.Connection, fns: Sequence[Callable[[StoreTx], Awaitable[Any]]]
 ) -> list[Any]:
@@ -295,16 +341,22 @@ async def run_functions(
     With more than one, each first runs up to its first statement, which is held back (one that
     suspends on anything else, such as the connection itself, runs to completion right then).
     When two or more held statements insert promises with distinct ids, one multi-row insert
-    does them all. Then each function resumes in turn; the others run their held statement
-    themselves. The promises of a batch of creates so cost one round trip instead of one each.
-    Each function's buffered writes are flushed when it returns.
+    does them all. Then two or more held by-id reads of the same kind (:data:`_READS_BY_IDS`)
+    read all their rows, locked, in one statement. Then each function resumes in turn with its
+    statement's outcome; the others run their held statement themselves, and so does a read
+    whose row any function of the batch has written before its turn (``PgTx.written``, which
+    also holds the writes made or buffered while priming), so every function sees what it
+    would have read in its turn. A batch of creates, or of task
+    operations, so costs one round trip for those statements instead of one each. Each
+    function's buffered writes are flushed when it returns.
     """
     if len(fns) == 1:
         tx = PgTx(conn)
         result = await fns[0](tx)
         await tx.flush()
         return [result]
-    txs = [PgTx(conn, priming=True) for _ in fns]
+    written: set[str | None] = set()
+    txs = [PgTx(conn, priming=True, written=written) for _ in fns]
     its: list[Generator[Any, Any, Any] | None] = [None] * len(fns)
     results: list[Any] = [None] * len(fns)
     try:
@@ -324,28 +376,52 @@ async def run_functions(
             results[i] = await _Rest(it, yielded)
             its[i] = None
             await txs[i].flush()
-        inserts = {
-            i: args
-            for i, it in enumerate(its)
-            if it is not None and (args := txs[i].held_insert()) is not None
-        }
-        ids = [args[0] for args in inserts.values()]
-        if len(inserts) > 1 and len(set(ids)) == len(ids):
-            columns = list(zip(*inserts.values(), strict=True))
-            inserted = {r[0] for r in await conn.fetch(_INSERT_PROMISES, *columns)}
-            for i, args in inserts.items():
-                txs[i].held_result = 1 if args[0] in inserted else 0
+        held = [txs[i] for i, it in enumerate(its) if it is not None]
+        await _insert_held(conn, held)
+        await _read_held(conn, held)
         for i, it in enumerate(its):
             if it is None:
                 continue
+            tx = txs[i]
+            if tx.read_ahead is not None and (tx.read_ahead in written or None in written):
+                tx.held_result = _RUN
             results[i] = await _Rest(it, _HELD)
             its[i] = None
-            await txs[i].flush()
+            await tx.flush()
         return results
     finally:
         for it in its:
             if it is not None:
                 it.close()
+
+
+async def _insert_held(conn: asyncpg.Connection, held: list[PgTx]) -> None:
+    """One multi-row insert for the held promise inserts, when two or more have distinct ids."""
+    inserts = {tx: args for tx in held if (args := tx.held_insert()) is not None}
+    ids = [args[0] for args in inserts.values()]
+    if len(inserts) < 2 or len(set(ids)) != len(ids):
+        return
+    columns = list(zip(*inserts.values(), strict=True))
+    inserted = {r[0] for r in await conn.fetch(_INSERT_PROMISES, *columns)}
+    for tx, args in inserts.items():
+        tx.held_result = 1 if args[0] in inserted else 0
+
+
+async def _read_held(conn: asyncpg.Connection, held: list[PgTx]) -> None:
+    """One locking read for each kind of held by-id read that two or more functions hold."""
+    reads: dict[str, list[tuple[PgTx, str]]] = {}
+    for tx in held:
+        read = tx.held_read()
+        if read is not None:
+            reads.setdefault(read[0], []).append((tx, read[1]))
+    for sql, wanted in reads.items():
+        if len(wanted) < 2:
+            continue
+        ids = sorted({id for _, id in wanted})  # one lock order for every lane
+        rows = {r[0]: r for r in await conn.fetch(_READS_BY_IDS[sql], ids)}
+        for tx, id in wanted:
+            tx.held_result = rows.get(id)
+            tx.read_ahead = id
 
 
 def connection_url(
