@@ -414,6 +414,61 @@ def test_buffered_writes_ride_with_a_statement_on_other_tables(cluster: Postgres
     asyncio.run(main())
 
 
+def test_a_settlement_releases_its_waiters_with_its_writes_in_one_statement(
+    cluster: PostgresCluster,
+) -> None:
+    """After a settlement, the promise and task updates, the fulfilled task's own callbacks,
+    the listeners moved to the outbox and the callbacks marked ready all go in one statement."""
+    database = cluster.create_database()
+
+    async def setup(tx: StoreTx) -> None:
+        for pid in ("p", "q", "r"):
+            await tx.insert_promise(promise(pid))
+        await tx.insert_task(Task("p", "acquired", 1))
+        await tx.insert_callback("p", "q", ready=False)  # q awaits p
+        await tx.insert_callback("r", "p", ready=False)  # p's task awaits r
+        await tx.insert_listener("p", "poll://any@g")
+
+    async def body(tx: StoreTx) -> list[Any]:
+        assert isinstance(tx, PgTx)
+        wire = _RoundTrips(tx.c)
+        t = PgTx(wire)  # type: ignore[arg-type]
+        p = promise("p")
+        p.state, p.value, p.settled_at = "resolved", {"data": "x"}, 5
+        await t.update_promise(p)
+        await t.update_task(Task("p", "fulfilled", 1))
+        released = await t.release_waiters("p", fulfilled=True)
+        again = await t.release_waiters("q", fulfilled=False)
+        sent = wire.sent
+        snap = await t.snapshot()
+        return [
+            released,
+            again,
+            sent,
+            [(x.id, x.state) for x in snap.promises],
+            [(x.id, x.state) for x in snap.tasks],
+            snap.callbacks,
+            snap.listeners,
+            snap.unblocks,
+        ]
+
+    async def main() -> None:
+        async with one_lane(cluster, database) as store:
+            await store.transact(setup)
+            assert await store.transact(body) == [
+                (True, ["q"]),
+                (False, []),
+                2,
+                [("p", "resolved"), ("q", "pending"), ("r", "pending")],
+                [("p", "fulfilled")],
+                [("p", "q", True)],
+                [],
+                [("p", "poll://any@g")],
+            ]
+
+    asyncio.run(main())
+
+
 def test_a_statement_stuck_on_a_lock_gets_503_and_others_go_on(
     make_server: Any, cluster: PostgresCluster
 ) -> None:

@@ -110,13 +110,13 @@ async def settle_all(
                 task.state = TASK_FULFILLED
                 task.set_timeout(None)
                 await tx.update_task(task)
-                await tx.delete_callbacks(prom.id, ready_only=False)
                 fulfilled.add(prom.id)
     for prom in settled:
-        # Listeners first: a store may send that statement with the writes above.
-        if await tx.unblock_listeners(prom.id):
+        # One call: a store may send it as one statement, with the writes above.
+        queued, awaiters = await tx.release_waiters(prom.id, prom.id in fulfilled)
+        if queued:
             c.outbox = True
-        for awaiter in await tx.ready_callbacks(prom.id):
+        for awaiter in awaiters:
             if awaiter not in fulfilled:
                 await _resume(tx, c, awaiter)
 

@@ -144,6 +144,20 @@ class StoreTx(ABC):
         True when a message was queued.
         """
 
+    async def release_waiters(self, promise_id: str, fulfilled: bool) -> tuple[bool, list[str]]:
+        """What follows the settlement of ``promise_id``: when its task was just fulfilled,
+        delete the callbacks that task registered; move its listeners into the outbox
+        (:meth:`unblock_listeners`); mark the callbacks on it ready (:meth:`ready_callbacks`).
+
+        Returns whether an unblock message was queued, and the awaiters of those callbacks.
+        A store may do it all in one statement (the rows are disjoint: no promise awaits
+        itself); by default it calls the three methods.
+        """
+        if fulfilled:
+            await self.delete_callbacks(promise_id, ready_only=False)
+        queued = await self.unblock_listeners(promise_id)
+        return queued, await self.ready_callbacks(promise_id)
+
     # outbox
     @abstractmethod
     async def put_execute(self, task_id: str, version: int, address: str) -> None:

@@ -219,6 +219,16 @@ class PgTx(SqlTx):
         rest = f", {sql[5:]}" if sql.startswith("WITH ") else f" {sql}"
         return f"WITH {clauses}{rest}", [arg for _, some in pending for arg in some] + list(args)
 
+    async def release_waiters(self, promise_id: str, fulfilled: bool) -> tuple[bool, list[str]]:
+        """In one statement, which the writes buffered before it join when they touch none of
+        its tables (a settlement's promise and task updates)."""
+        r = await self._row(
+            _RELEASE_FULFILLED if fulfilled else _RELEASE,
+            (promise_id, promise_id, promise_id) if fulfilled else (promise_id, promise_id),
+        )
+        assert r is not None
+        return r[0] > 0, list(r[1])
+
     async def unblock_listeners(self, promise_id: str) -> bool:
         moved = await self._exec(
             "WITH gone AS (DELETE FROM listeners WHERE promise_id = ? "
@@ -248,6 +258,19 @@ class PgTx(SqlTx):
         )
         return [Message(r[0], "unblock", promise=promise_row(r[1:])) for r in rows]
 
+
+_RELEASE = (
+    "WITH gone AS (DELETE FROM listeners WHERE promise_id = ? RETURNING promise_id, address), "
+    "moved AS (INSERT INTO outgoing_unblock (promise_id, address) SELECT promise_id, address "
+    "FROM gone ON CONFLICT DO NOTHING RETURNING 1), "
+    "woken AS (UPDATE callbacks SET ready = TRUE WHERE awaited = ? RETURNING awaiter) "
+    "SELECT (SELECT count(*) FROM moved), ARRAY(SELECT awaiter FROM woken)"
+)
+#: :data:`_RELEASE` for a promise whose task was just fulfilled: its task's own callbacks go
+#: too (callbacks with it as awaiter: never the rows the update marks, on it as awaited).
+_RELEASE_FULFILLED = (
+    "WITH dropped AS (DELETE FROM callbacks WHERE awaiter = ?), " + _RELEASE.removeprefix("WITH ")
+)
 
 _TABLE_NAMES = re.compile(r"\b(" + "|".join(schema.TABLES) + r")\b")
 _tables_of: dict[str, frozenset[str]] = {}
