@@ -43,6 +43,21 @@ async def one_lane(cluster: PostgresCluster, database: str) -> AsyncIterator[Pos
         await store.close()
 
 
+async def hold(tx: StoreTx) -> str:
+    """Keeps a one-lane store's only lane busy for 0.2 s, so that what comes next queues up."""
+    await asyncio.sleep(0.2)
+    return "held"
+
+
+async def batch(store: PostgresStore, *fns: Any) -> list[Any]:
+    """Run ``fns`` on a one-lane store as one batch (queued behind :func:`hold`)."""
+    first = asyncio.ensure_future(store.transact(hold))
+    await asyncio.sleep(0.05)
+    results = await asyncio.gather(*[store.transact(fn) for fn in fns])
+    assert await first == "held"
+    return results
+
+
 @pytest.fixture
 def private_cluster() -> Iterator[PostgresCluster]:
     """A cluster of this test's own, which the test may stop and start."""
@@ -261,10 +276,6 @@ def test_outage_under_load_loses_no_acknowledged_write(
 def test_a_failing_transaction_never_undoes_its_batch(cluster: PostgresCluster) -> None:
     """Group commit: transactions queued on one lane share a commit; one raising is run alone."""
     database = cluster.create_database()
-
-    async def hold(tx: StoreTx) -> str:
-        await asyncio.sleep(0.2)  # keeps the only lane busy so that the next ones queue up
-        return "held"
 
     async def main() -> None:
         async with one_lane(cluster, database) as store:
@@ -527,10 +538,6 @@ def test_a_batch_of_creates_inserts_its_promises_in_one_statement(
     a batch, or other first statements, keep the one-by-one path, with the same outcomes."""
     database = cluster.create_database()
 
-    async def hold(tx: StoreTx) -> str:
-        await asyncio.sleep(0.2)  # keeps the only lane busy so that the next ones queue up
-        return "held"
-
     def create(pid: str) -> Any:
         async def fn(tx: StoreTx) -> bool:
             return await tx.insert_promise(promise(pid))
@@ -539,13 +546,6 @@ def test_a_batch_of_creates_inserts_its_promises_in_one_statement(
 
     async def read(tx: StoreTx) -> list[str]:
         return await promise_ids(tx)
-
-    async def batch(store: PostgresStore, *fns: Any) -> list[Any]:
-        first = asyncio.ensure_future(store.transact(hold))
-        await asyncio.sleep(0.05)
-        results = await asyncio.gather(*[store.transact(fn) for fn in fns])
-        assert await first == "held"
-        return results
 
     async def main() -> None:
         async with one_lane(cluster, database) as store:
@@ -579,10 +579,6 @@ def test_a_batch_reads_its_rows_in_one_statement_and_never_stale(
     whose row an earlier function of the batch wrote reads it again, and sees that write."""
     database = cluster.create_database()
 
-    async def hold(tx: StoreTx) -> str:
-        await asyncio.sleep(0.2)  # keeps the only lane busy so that the next ones queue up
-        return "held"
-
     async def setup(tx: StoreTx) -> None:
         for pid in ("a", "b", "c"):
             await tx.insert_promise(promise(pid))
@@ -613,13 +609,6 @@ def test_a_batch_reads_its_rows_in_one_statement_and_never_stale(
             return "settled"
 
         return fn
-
-    async def batch(store: PostgresStore, *fns: Any) -> list[Any]:
-        first = asyncio.ensure_future(store.transact(hold))
-        await asyncio.sleep(0.05)
-        results = await asyncio.gather(*[store.transact(fn) for fn in fns])
-        assert await first == "held"
-        return results
 
     def reads(queries: list[str]) -> list[str]:
         return [q for q in queries if q.startswith("SELECT") and "FROM promises" in q]

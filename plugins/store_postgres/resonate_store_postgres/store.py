@@ -369,9 +369,9 @@ async def run_functions(
     statement's outcome; the others run their held statement themselves, and so does a read
     whose row any function of the batch has written before its turn (``PgTx.written``, which
     also holds the writes made or buffered while priming), so every function sees what it
-    would have read in its turn. A batch of creates, or of task
-    operations, so costs one round trip for those statements instead of one each. Each
-    function's buffered writes are flushed when it returns.
+    would have read in its turn. A batch of creates, or of task operations, so costs one round
+    trip for those statements instead of one each. Each function's buffered writes are flushed
+    when it returns.
     """
     if len(fns) == 1:
         tx = PgTx(conn)
