@@ -98,6 +98,12 @@ class SqlTx(StoreTx):
     #: each row starts with the id.
     GET_PROMISE: ClassVar[str]
     GET_PROMISE_TASK: ClassVar[str]
+    #: Mark the callbacks on a promise (``?``) ready, returning their awaiters.
+    READY_CALLBACKS: ClassVar[str] = (
+        "UPDATE callbacks SET ready = TRUE WHERE awaited = ? RETURNING awaiter"
+    )
+    #: Delete the callbacks a task (``?``) registered.
+    DROP_CALLBACKS: ClassVar[str] = "DELETE FROM callbacks WHERE awaiter = ?"
 
     _cache: ClassVar[dict[str, str]]
 
@@ -277,16 +283,11 @@ class SqlTx(StoreTx):
         )
 
     async def ready_callbacks(self, awaited: str) -> list[str]:
-        rows = await self._rows(
-            "UPDATE callbacks SET ready = TRUE WHERE awaited = ? RETURNING awaiter", (awaited,)
-        )
+        rows = await self._rows(self.READY_CALLBACKS, (awaited,))
         return [r[0] for r in rows]
 
     async def delete_callbacks(self, awaiter: str, ready_only: bool) -> None:
-        if ready_only:
-            sql = "DELETE FROM callbacks WHERE awaiter = ? AND ready"
-        else:
-            sql = "DELETE FROM callbacks WHERE awaiter = ?"
+        sql = f"{self.DROP_CALLBACKS} AND ready" if ready_only else self.DROP_CALLBACKS
         await self._write("callbacks", sql, (awaiter,))
 
     async def insert_listener(self, promise_id: str, address: str) -> None:

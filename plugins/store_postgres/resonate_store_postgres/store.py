@@ -230,13 +230,7 @@ class PgTx(SqlTx):
         return r[0] > 0, list(r[1])
 
     async def unblock_listeners(self, promise_id: str) -> bool:
-        moved = await self._exec(
-            "WITH gone AS (DELETE FROM listeners WHERE promise_id = ? "
-            "RETURNING promise_id, address) "
-            "INSERT INTO outgoing_unblock (promise_id, address) "
-            "SELECT promise_id, address FROM gone ON CONFLICT DO NOTHING",
-            (promise_id,),
-        )
+        moved = await self._exec(f"WITH {_LISTENERS_GONE} {_QUEUE_UNBLOCKS}", (promise_id,))
         return moved > 0
 
     async def _take_unblocks(self, limit: int) -> list[Message]:
@@ -259,18 +253,24 @@ class PgTx(SqlTx):
         return [Message(r[0], "unblock", promise=promise_row(r[1:])) for r in rows]
 
 
+#: A promise's (``?``) listeners, deleted, as the ``WITH`` clause ``gone``.
+_LISTENERS_GONE = (
+    "gone AS (DELETE FROM listeners WHERE promise_id = ? RETURNING promise_id, address)"
+)
+#: The unblock messages for the listeners in ``gone``.
+_QUEUE_UNBLOCKS = (
+    "INSERT INTO outgoing_unblock (promise_id, address) SELECT promise_id, address FROM gone "
+    "ON CONFLICT DO NOTHING"
+)
+#: :meth:`PgTx.release_waiters` in one statement: the unblock messages queued, the awaiters.
 _RELEASE = (
-    "WITH gone AS (DELETE FROM listeners WHERE promise_id = ? RETURNING promise_id, address), "
-    "moved AS (INSERT INTO outgoing_unblock (promise_id, address) SELECT promise_id, address "
-    "FROM gone ON CONFLICT DO NOTHING RETURNING 1), "
-    "woken AS (UPDATE callbacks SET ready = TRUE WHERE awaited = ? RETURNING awaiter) "
+    f"WITH {_LISTENERS_GONE}, moved AS ({_QUEUE_UNBLOCKS} RETURNING 1), "
+    f"woken AS ({PgTx.READY_CALLBACKS}) "
     "SELECT (SELECT count(*) FROM moved), ARRAY(SELECT awaiter FROM woken)"
 )
 #: :data:`_RELEASE` for a promise whose task was just fulfilled: its task's own callbacks go
 #: too (callbacks with it as awaiter: never the rows the update marks, on it as awaited).
-_RELEASE_FULFILLED = (
-    "WITH dropped AS (DELETE FROM callbacks WHERE awaiter = ?), " + _RELEASE.removeprefix("WITH ")
-)
+_RELEASE_FULFILLED = f"WITH dropped AS ({PgTx.DROP_CALLBACKS}), {_RELEASE.removeprefix('WITH ')}"
 
 _TABLE_NAMES = re.compile(r"\b(" + "|".join(schema.TABLES) + r")\b")
 _tables_of: dict[str, frozenset[str]] = {}
