@@ -650,6 +650,91 @@ def test_a_batch_reads_its_rows_in_one_statement_and_never_stale(
     asyncio.run(main())
 
 
+def test_a_batch_sends_its_functions_writes_together_and_in_order(
+    cluster: PostgresCluster,
+) -> None:
+    """The writes of a batch's functions wait in one buffer and go out together, in as few
+    statements as the rows they touch allow: writes of one kind on different rows become one
+    clause on arrays. A write or statement that may touch a row a buffered write touches goes
+    after it, so every function sees what it would have seen had the functions run one by
+    one."""
+    database = cluster.create_database()
+
+    async def setup(tx: StoreTx) -> None:
+        for pid in ("a", "b", "c", "d", "e", "w"):
+            await tx.insert_promise(promise(pid))
+            await tx.insert_task(Task(pid, "pending", 0))
+        await tx.insert_callback("e", "d", ready=False)  # d awaits e
+        await tx.insert_callback("w", "a", ready=True)  # a has a ready callback
+
+    def acquire(pid: str) -> Any:
+        async def fn(tx: StoreTx) -> int:
+            _, task = await tx.get_promise_task(pid)
+            assert task is not None
+            task.state, task.version = "acquired", task.version + 1
+            await tx.update_task(task)
+            await tx.delete_callbacks(pid, ready_only=True)
+            await tx.insert_listener(pid, f"poll://any@{pid}")
+            return task.version
+
+        return fn
+
+    def release(pid: str) -> Any:
+        async def fn(tx: StoreTx) -> tuple[bool, list[str]]:
+            await tx.get_promise(pid)
+            return await tx.release_waiters(pid, fulfilled=False)
+
+        return fn
+
+    def statements(queries: list[str]) -> list[str]:
+        return [q for q in queries if q not in ("BEGIN", "COMMIT", "COMMIT; BEGIN")]
+
+    async def main() -> None:
+        async with one_lane(cluster, database) as store:
+            await store.transact(setup)
+            conn = store._lanes[0].conn
+            assert conn is not None
+            queries: list[str] = []
+            conn.add_query_logger(lambda q: queries.append(q.query))
+
+            got = await batch(store, acquire("a"), acquire("b"), acquire("c"))
+            assert got == [1, 1, 1]
+            # one shared read, then the nine writes in one statement: the task updates and the
+            # listener inserts as one clause each, the three deletes (no bulk form) apart
+            assert len(statements(queries)) == 2, queries
+            assert statements(queries)[1].count(" AS (") == 5, queries
+
+            queries.clear()
+            got = await batch(
+                store,
+                acquire("a"),  # writes a's row, and a listener on a
+                release("a"),  # must move that listener
+                acquire("a"),  # must read a again, and see the first acquire's version
+                acquire("d"),  # drops d's ready callbacks: none, (e, d) is not ready
+                release("e"),  # marks (e, d) ready; may join the writes above
+            )
+            assert got == [2, (True, []), 3, 1, (False, ["d"])]
+            snap = await store.transact(lambda tx: tx.snapshot())
+            assert [(t.id, t.state, t.version) for t in snap.tasks] == [
+                ("a", "acquired", 3),
+                ("b", "acquired", 1),
+                ("c", "acquired", 1),
+                ("d", "acquired", 1),
+                ("e", "pending", 0),
+                ("w", "pending", 0),
+            ]
+            assert snap.callbacks == [("e", "d", True)]
+            assert snap.listeners == [
+                ("a", "poll://any@a"),
+                ("b", "poll://any@b"),
+                ("c", "poll://any@c"),
+                ("d", "poll://any@d"),
+            ]
+            assert snap.unblocks == [("a", "poll://any@a")]
+
+    asyncio.run(main())
+
+
 def test_lanes_wanted() -> None:
     """A busy loop drops a lane, down to the floor; a loop with room adds one back, but only
     when transactions waited in batches behind others."""

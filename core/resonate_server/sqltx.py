@@ -75,6 +75,12 @@ def schedule_row(r: Sequence[Any]) -> Schedule:
     return Schedule(r[0], r[1], r[2], r[3], _loads(r[4]), _json(r[5]), r[6], r[7], r[8])
 
 
+#: Rows of one table: column/value pairs that every row a statement reads or writes has, before
+#: and after it; ``()`` is any row. Two such sets may share a row unless they name a column with
+#: different values.
+Rows = tuple[tuple[str, Any], ...]
+
+
 class SqlTx(StoreTx):
     """Every store operation as SQL; subclasses run it."""
 
@@ -98,9 +104,11 @@ class SqlTx(StoreTx):
     #: each row starts with the id.
     GET_PROMISE: ClassVar[str]
     GET_PROMISE_TASK: ClassVar[str]
-    #: Mark the callbacks on a promise (``?``) ready, returning their awaiters.
+    #: Mark the callbacks on a promise (``?``) ready, returning their awaiters. Only callbacks
+    #: not yet ready: a ready callback on a promise exists only once it is settled, and was
+    #: counted then.
     READY_CALLBACKS: ClassVar[str] = (
-        "UPDATE callbacks SET ready = TRUE WHERE awaited = ? RETURNING awaiter"
+        "UPDATE callbacks SET ready = TRUE WHERE awaited = ? AND NOT ready RETURNING awaiter"
     )
     #: Delete the callbacks a task (``?``) registered.
     DROP_CALLBACKS: ClassVar[str] = "DELETE FROM callbacks WHERE awaiter = ?"
@@ -143,11 +151,11 @@ class SqlTx(StoreTx):
         """Run a statement; return the number of rows it changed."""
         raise NotImplementedError
 
-    async def _write(self, table: str, sql: str, args: Sequence[Any]) -> None:
-        """Run a write whose outcome nobody reads, on ``table`` only.
+    async def _write(self, table: str, sql: str, args: Sequence[Any], rows: Rows = ()) -> None:
+        """Run a write whose outcome nobody reads, on ``table`` only, and on ``rows`` of it.
 
-        A store may defer it until its next statement or the end of the transaction function;
-        this one runs it at once.
+        A store may defer it, and send it together with other statements on other rows (see
+        the PostgreSQL store); this one runs it at once.
         """
         await self._exec(sql, args)
 
@@ -171,6 +179,7 @@ class SqlTx(StoreTx):
             "promises",
             "UPDATE promises SET state = ?, value = ?, settled_at = ? WHERE id = ?",
             (p.state, _dumps(p.value).decode(), p.settled_at, p.id),
+            (("id", p.id),),
         )
 
     def _filters(
@@ -239,6 +248,7 @@ class SqlTx(StoreTx):
             "tasks",
             f"INSERT INTO tasks ({TASK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (t.id, t.state, t.version, t.timeout_at, t.timeout_type, t.pid, t.ttl),
+            (("id", t.id),),
         )
 
     async def update_task(self, t: Task) -> None:
@@ -248,6 +258,7 @@ class SqlTx(StoreTx):
             "UPDATE tasks SET state = ?, version = ?, timeout_at = ?, timeout_type = ?, "
             "pid = ?, ttl = ? WHERE id = ?",
             (t.state, t.version, t.timeout_at, t.timeout_type, t.pid, t.ttl, t.id),
+            (("id", t.id),),
         )
 
     async def search_tasks(self, state: str | None, limit: int, cursor: str | None) -> list[Task]:
@@ -280,6 +291,7 @@ class SqlTx(StoreTx):
             "INSERT INTO callbacks (awaited, awaiter, ready) VALUES (?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             (awaited, awaiter, ready),
+            (("awaited", awaited), ("awaiter", awaiter)),
         )
 
     async def ready_callbacks(self, awaited: str) -> list[str]:
@@ -287,14 +299,22 @@ class SqlTx(StoreTx):
         return [r[0] for r in rows]
 
     async def delete_callbacks(self, awaiter: str, ready_only: bool) -> None:
-        sql = f"{self.DROP_CALLBACKS} AND ready" if ready_only else self.DROP_CALLBACKS
-        await self._write("callbacks", sql, (awaiter,))
+        if ready_only:
+            await self._write(
+                "callbacks",
+                f"{self.DROP_CALLBACKS} AND ready",
+                (awaiter,),
+                (("awaiter", awaiter), ("ready", True)),
+            )
+        else:
+            await self._write("callbacks", self.DROP_CALLBACKS, (awaiter,), (("awaiter", awaiter),))
 
     async def insert_listener(self, promise_id: str, address: str) -> None:
         await self._write(
             "listeners",
             "INSERT INTO listeners (promise_id, address) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (promise_id, address),
+            (("promise_id", promise_id), ("address", address)),
         )
 
     async def unblock_listeners(self, promise_id: str) -> bool:
@@ -318,6 +338,7 @@ class SqlTx(StoreTx):
             "ON CONFLICT (task_id) DO UPDATE SET version = excluded.version, "
             "address = excluded.address",
             (task_id, version, address),
+            (("task_id", task_id),),
         )
 
     async def take_messages(self, limit: int) -> list[Message]:
@@ -374,6 +395,7 @@ class SqlTx(StoreTx):
             "schedules",
             "UPDATE schedules SET next_run_at = ?, last_run_at = ? WHERE id = ?",
             (s.next_run_at, s.last_run_at, s.id),
+            (("id", s.id),),
         )
 
     async def delete_schedule(self, id: str) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import re
@@ -39,12 +40,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Sequence
+from itertools import combinations
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 import asyncpg
 from resonate_server import schema
-from resonate_server.sqltx import PROMISE_COLS_AS_P, PROMISE_INSERT_COLS, SqlTx, promise_row
+from resonate_server.sqltx import (
+    PROMISE_COLS_AS_P,
+    PROMISE_INSERT_COLS,
+    Rows,
+    SqlTx,
+    promise_row,
+)
 from resonate_server.store import (
     Message,
     Store,
@@ -82,14 +90,17 @@ BAD_TEXT = (asyncpg.UntranslatableCharacterError, asyncpg.CharacterNotInRepertoi
 class PgTx(SqlTx):
     """The shared SQL on one asyncpg connection inside a transaction.
 
-    Writes nobody reads the outcome of (:meth:`SqlTx._write`) wait in a buffer and go to the
-    database together, as data-modifying ``WITH`` clauses: at :meth:`flush` (the end of each
-    transaction function), or in front of the next statement, which they join when it touches
-    none of their tables (:func:`tables_of`), else they go just before it. A run of writes so
-    costs at most one round trip, often none of its own. The clauses and the statement of one
-    round trip all see the same snapshot and may not touch one row twice, which is why they
-    share no table: a second write to a table already in the buffer first flushes the buffer,
-    and a statement joined to the buffer reads and writes what it would have after a flush.
+    Writes nobody reads the outcome of (:meth:`SqlTx._write`) wait in a buffer
+    (:class:`_Writes`) and go to the database together, as data-modifying ``WITH`` clauses: at
+    :meth:`flush`, or in front of the next statement, which they join when it touches none of
+    their rows, else they go just before it. A run of writes so costs at most one round trip,
+    often none of its own. The clauses and the statement of one round trip all see the same
+    snapshot and may not touch one row twice, which is why they share no row (each write names
+    its rows, :data:`~resonate_server.sqltx.Rows`): a write to rows the buffer may already
+    write first flushes the buffer, and a statement joined to the buffer reads and writes what
+    it would have after a flush. A statement's rows are any row of each table it names, unless
+    the caller says which (:meth:`release_waiters` does). The functions of a batch share one
+    buffer once they take their turns (:meth:`share`).
 
     A transaction created ``priming`` holds back its first statement (see
     :func:`run_functions`): it suspends there, yielding :data:`_HELD`, until the lane resumes
@@ -99,13 +110,12 @@ class PgTx(SqlTx):
     """
 
     __slots__ = (
-        "_pending",
-        "_tables",
         "c",
         "held",
         "held_result",
         "priming",
         "read_ahead",
+        "writes",
         "written",
     )
 
@@ -121,8 +131,7 @@ class PgTx(SqlTx):
         written: set[str | None] | None = None,
     ) -> None:
         self.c = conn
-        self._pending: list[tuple[str, Sequence[Any]]] = []
-        self._tables: set[str] = set()
+        self.writes = _Writes()
         self.priming = priming
         self.held: tuple[str, Sequence[Any]] | None = None
         self.held_result: Any = _RUN
@@ -136,14 +145,14 @@ class PgTx(SqlTx):
     def held_insert(self) -> Sequence[Any] | None:
         """The arguments of the held statement when it is a promise insert with nothing before
         it; else None."""
-        if self.held is None or self._pending or self.held[0] != self.INSERT_PROMISE:
+        if self.held is None or self.writes or self.held[0] != self.INSERT_PROMISE:
             return None
         return self.held[1]
 
     def held_read(self) -> tuple[str, str] | None:
         """The held statement and its id when it is a by-id read that many ids can share
         (:data:`_READS_BY_IDS`) with nothing before it; else None."""
-        if self.held is None or self._pending or self.held[0] not in _READS_BY_IDS:
+        if self.held is None or self.writes or self.held[0] not in _READS_BY_IDS:
             return None
         return self.held[0], self.held[1][0]
 
@@ -155,17 +164,19 @@ class PgTx(SqlTx):
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Sequence[Any]]:
         if self.priming:
             await self._hold(sql, args)
-        if self._pending:
-            sql, args = await self._join_pending(sql, args)
+        if self.writes:
+            sql, args = await self._join_writes(sql, args)
         return await self.c.fetch(self.sql(sql), *args)  # type: ignore[no-any-return]
 
-    async def _row(self, sql: str, args: Sequence[Any] = ()) -> Sequence[Any] | None:
+    async def _row(
+        self, sql: str, args: Sequence[Any] = (), rows: Sequence[tuple[str, Rows]] | None = None
+    ) -> Sequence[Any] | None:
         if self.priming:
             got = await self._hold(sql, args)
             if got is not _RUN:
                 return got  # type: ignore[no-any-return]
-        if self._pending:
-            sql, args = await self._join_pending(sql, args)
+        if self.writes:
+            sql, args = await self._join_writes(sql, args, rows)
         return await self.c.fetchrow(self.sql(sql), *args)  # type: ignore[no-any-return]
 
     async def _exec(self, sql: str, args: Sequence[Any] = ()) -> int:
@@ -173,8 +184,8 @@ class PgTx(SqlTx):
             done = await self._hold(sql, args)
             if done is not _RUN:
                 return int(done)
-        if self._pending:
-            sql, args = await self._join_pending(sql, args)
+        if self.writes:
+            sql, args = await self._join_writes(sql, args)
         status: str = await self.c.execute(self.sql(sql), *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
@@ -184,48 +195,57 @@ class PgTx(SqlTx):
         self.held = (sql, args)
         return _Hold(self)
 
-    async def _write(self, table: str, sql: str, args: Sequence[Any]) -> None:
-        if table in self._tables:
+    async def _write(self, table: str, sql: str, args: Sequence[Any], rows: Rows = ()) -> None:
+        if self.writes.blocks(table, rows, sql):
             await self.flush()
-        self._pending.append((sql, args))
-        self._tables.add(table)
+        self.writes.add(table, rows, sql, args)
 
     async def flush(self) -> None:
         """Send the buffered writes (one statement); a no-op when there are none."""
-        pending = self._pending
-        if not pending:
-            return
-        if len(pending) == 1:
-            sql, args = pending[0]
-            self._pending = []
-            self._tables = set()
-        else:
-            sql, args = self._take_pending("SELECT 1", ())
-        await self.c.execute(self.sql(sql), *args)
+        await self.writes.send(self.c)
 
-    async def _join_pending(self, sql: str, args: Sequence[Any]) -> tuple[str, Sequence[Any]]:
-        """The statement to send for ``sql``: with the buffered writes in front when it touches
-        none of their tables (and is no ``WITH RECURSIVE``, which cannot follow other clauses);
-        else the writes are sent first and ``sql`` is returned alone."""
-        if tables_of(sql) & self._tables or sql.startswith("WITH RECURSIVE"):
+    async def share(self, batch: _Writes) -> None:
+        """From now on, buffer into ``batch`` (the writes of the functions that ran before this
+        one in its batch), after moving this function's writes there; should they share rows
+        with ``batch``'s, ``batch``'s go first."""
+        mine = self.writes
+        if batch.blocks_any(mine):
+            await batch.send(self.c)
+        batch.take(mine)
+        self.writes = batch
+
+    async def _join_writes(
+        self, sql: str, args: Sequence[Any], rows: Sequence[tuple[str, Rows]] | None = None
+    ) -> tuple[str, Sequence[Any]]:
+        """The statement to send for ``sql``, which touches ``rows`` (pairs of table and rows;
+        default: any row of each table it names): with the buffered writes in front when it
+        touches none of their rows (and is no ``WITH RECURSIVE``, which cannot follow other
+        clauses); else the writes are sent first and ``sql`` is returned alone."""
+        touched = rows if rows is not None else [(t, ()) for t in tables_of(sql)]
+        if sql.startswith("WITH RECURSIVE") or any(self.writes.may_touch(t, r) for t, r in touched):
             await self.flush()
             return sql, args
-        return self._take_pending(sql, args)
-
-    def _take_pending(self, sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
-        """Empty the buffer into ``WITH`` clauses in front of ``sql`` (which may have its own)."""
-        pending, self._pending, self._tables = self._pending, [], set()
-        clauses = ", ".join(f"w{i} AS ({text})" for i, (text, _) in enumerate(pending))
-        rest = f", {sql[5:]}" if sql.startswith("WITH ") else f" {sql}"
-        return f"WITH {clauses}{rest}", [arg for _, some in pending for arg in some] + list(args)
+        return self.writes.take_into(sql, args)
 
     async def release_waiters(self, promise_id: str, fulfilled: bool) -> tuple[bool, list[str]]:
         """In one statement, which the writes buffered before it join when they touch none of
-        its tables (a settlement's promise and task updates)."""
-        r = await self._row(
-            _RELEASE_FULFILLED if fulfilled else _RELEASE,
-            (promise_id, promise_id, promise_id) if fulfilled else (promise_id, promise_id),
-        )
+        its rows (a settlement's promise and task updates, and most writes of the functions
+        before it in its batch).
+
+        The callbacks it marks ready are not ready yet (``SqlTx.READY_CALLBACKS``), so a
+        buffered delete of ready callbacks (a claimed task's) never shares a row with it.
+        """
+        mine: Rows = (("promise_id", promise_id),)
+        rows = [
+            ("listeners", mine),
+            ("outgoing_unblock", mine),
+            ("callbacks", (("awaited", promise_id), ("ready", False))),
+        ]
+        if fulfilled:
+            rows.append(("callbacks", (("awaiter", promise_id),)))
+            r = await self._row(_RELEASE_FULFILLED, (promise_id,) * 3, rows)
+        else:
+            r = await self._row(_RELEASE, (promise_id,) * 2, rows)
         assert r is not None
         return r[0] > 0, list(r[1])
 
@@ -282,6 +302,215 @@ def tables_of(sql: str) -> frozenset[str]:
     if found is None:
         found = _tables_of[sql] = frozenset(_TABLE_NAMES.findall(sql))
     return found
+
+
+#: How many writes of one text with no bulk form (:func:`_bulk`) one statement may carry.
+REPEATS = 4
+
+
+class _Writes:
+    """Buffered writes (see :class:`PgTx`), no two of which may share a row.
+
+    Each write's rows (:data:`~resonate_server.sqltx.Rows`) are kept by table and by the
+    columns they name, with their values on every subset of those columns, so that whether
+    new rows may share one with them (they may unless the two name a column with different
+    values) takes one set lookup per kind of write.
+    """
+
+    __slots__ = ("_seen", "items", "texts")
+
+    def __init__(self) -> None:
+        #: table, rows, statement, arguments
+        self.items: list[tuple[str, Rows, str, Sequence[Any]]] = []
+        self.texts: dict[str, int] = {}
+        self._seen: dict[str, dict[tuple[str, ...], dict[tuple[str, ...], set[Any]]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def may_touch(self, table: str, rows: Rows) -> bool:
+        """Whether a buffered write may touch a row of ``rows`` in ``table``."""
+        seen = self._seen.get(table)
+        if not seen:
+            return False
+        columns = tuple(c for c, _ in rows)
+        for kind, values in seen.items():
+            common, at = _common(kind, columns)
+            if not common or tuple(rows[i][1] for i in at) in values[common]:
+                return True
+        return False
+
+    def blocks(self, table: str, rows: Rows, sql: str) -> bool:
+        """Whether a write ``sql`` on ``rows`` of ``table`` must wait until these are sent: it
+        may touch one of their rows, or :data:`REPEATS` writes of its text, which has no bulk
+        form (:func:`_bulk`), are here already (so that the statements stay few kinds)."""
+        return self.may_touch(table, rows) or (
+            self.texts.get(sql, 0) >= REPEATS and _bulk(sql) is None
+        )
+
+    def add(self, table: str, rows: Rows, sql: str, args: Sequence[Any]) -> None:
+        self.items.append((table, rows, sql, args))
+        texts = self.texts
+        texts[sql] = texts.get(sql, 0) + 1
+        columns = tuple([c for c, _ in rows])
+        seen = self._seen.get(table)
+        if seen is None:
+            seen = self._seen[table] = {}
+        values = seen.get(columns)
+        if values is None:
+            values = seen[columns] = {subset: set() for subset, _ in _subsets(columns)}
+        if len(rows) == 1:
+            values[columns].add((rows[0][1],))
+            return
+        for subset, at in _subsets(columns):
+            values[subset].add(tuple([rows[i][1] for i in at]))
+
+    def blocks_any(self, other: _Writes) -> bool:
+        """Whether any of ``other``'s writes must wait until these are sent (:meth:`blocks`)."""
+        return any(self.blocks(table, rows, sql) for table, rows, sql, _ in other.items)
+
+    def take(self, other: _Writes) -> None:
+        """Move ``other``'s writes here (none of which :meth:`blocks`)."""
+        for item in other.items:
+            self.add(*item)
+        other.clear()
+
+    def clear(self) -> None:
+        self.items = []
+        self.texts = {}
+        self._seen = {}
+
+    def take_into(self, sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
+        """Empty the buffer into ``WITH`` clauses in front of ``sql`` (which may have its own).
+
+        Writes with the same text become one clause on arrays (:func:`_bulk`) where they can,
+        so that how many there were does not change the statement.
+        """
+        groups: dict[str, list[Sequence[Any]]] = {}
+        for _, _, text, some in self.items:
+            group = groups.get(text)
+            if group is None:
+                groups[text] = [some]
+            else:
+                group.append(some)
+        self.clear()
+        clauses: list[str] = []
+        values: list[Any] = []
+        for text in sorted(groups):
+            rows = groups[text]
+            bulk = _bulk(text)
+            if bulk is not None:
+                clauses.append(bulk.sql)
+                values.extend(bulk.arrays(rows))
+                continue
+            for some in rows:
+                clauses.append(text)
+                values.extend(some)
+        values.extend(args)
+        return _joined(tuple(clauses), sql), values
+
+    async def send(self, conn: asyncpg.Connection) -> None:
+        """Send the writes as one statement; a no-op when there are none."""
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            _, _, sql, args = self.items[0]
+            self.clear()
+        else:
+            sql, args = self.take_into("SELECT 1", ())
+        await conn.execute(PgTx.sql(sql), *args)
+
+
+@functools.lru_cache(maxsize=4096)
+def _joined(clauses: tuple[str, ...], sql: str) -> str:
+    """``sql`` with ``clauses`` in front, as ``WITH`` clauses (``sql`` may have its own)."""
+    with_ = ", ".join(f"w{i} AS ({text})" for i, text in enumerate(clauses))
+    rest = f", {sql[5:]}" if sql.startswith("WITH ") else f" {sql}"
+    return f"WITH {with_}{rest}"
+
+
+@functools.cache
+def _subsets(columns: tuple[str, ...]) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Every non-empty subset of ``columns`` (in their order), with the positions it takes."""
+    return [
+        (tuple(columns[i] for i in at), at)
+        for n in range(1, len(columns) + 1)
+        for at in combinations(range(len(columns)), n)
+    ]
+
+
+@functools.cache
+def _common(
+    kind: tuple[str, ...], columns: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The columns of ``kind`` that ``columns`` names too (in ``kind``'s order), and their
+    positions in ``columns``."""
+    common = tuple(c for c in kind if c in columns)
+    return common, tuple(columns.index(c) for c in common)
+
+
+class _Bulk(NamedTuple):
+    """A write statement for many rows at once: ``sql`` takes one array per parameter, and
+    parameter ``i`` holds argument ``order[i]`` of each row's own statement."""
+
+    sql: str
+    order: tuple[int, ...]
+
+    def arrays(self, rows: list[Sequence[Any]]) -> list[list[Any]]:
+        return [[row[i] for row in rows] for i in self.order]
+
+
+_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(([?, ]+)\)(.*)")
+_UPDATE = re.compile(r"UPDATE (\w+) SET ([\w ?=,]+) WHERE (\w+) = \?")
+_bulks: dict[str, _Bulk | None] = {}
+
+
+def _bulk(sql: str) -> _Bulk | None:
+    """The many-row form of a one-row write of :class:`~resonate_server.sqltx.SqlTx`, or None.
+
+    Inserts read their rows from ``unnest``. An update that sets every column of its row by
+    the primary key becomes an insert that updates on conflict, whose rows are found through
+    the key's index whatever plan the statement got (an update joined to ``unnest``, or
+    matching ``= ANY``, kept a scan of the whole table when first planned on a small one). It
+    would insert a row that is not there; the engine updates only rows it has read and locked.
+    Other writes (deletes, partial updates) have no bulk form.
+    """
+    if sql in _bulks:
+        return _bulks[sql]
+    bulk = None
+    if m := _INSERT.fullmatch(sql):
+        table, cols, tail = m[1], m[2].split(", "), m[4]
+        if m[3].split(", ") == ["?"] * len(cols):
+            bulk = _Bulk(
+                f"INSERT INTO {table} ({m[2]}) SELECT * FROM unnest({_arrays(table, cols)}){tail}",
+                tuple(range(len(cols))),
+            )
+    elif m := _UPDATE.fullmatch(sql):
+        table, key = m[1], m[3]
+        sets = [part.split(" = ") for part in m[2].split(", ")]
+        cols = [col for col, _ in sets]
+        table_cols = [c.name for c in schema.metadata.tables[table].c]
+        if (
+            all(value == "?" for _, value in sets)
+            and sorted([*cols, key]) == sorted(table_cols)
+            and [c.name for c in schema.metadata.tables[table].primary_key] == [key]
+        ):
+            assign = ", ".join(f"{col} = excluded.{col}" for col in cols)
+            bulk = _Bulk(
+                f"INSERT INTO {table} ({', '.join([*cols, key])}) SELECT * FROM "
+                f"unnest({_arrays(table, [*cols, key])}) "
+                f"ON CONFLICT ({key}) DO UPDATE SET {assign}",
+                tuple(range(len(cols) + 1)),
+            )
+    _bulks[sql] = bulk
+    return bulk
+
+
+def _arrays(table: str, cols: list[str]) -> str:
+    """One array parameter per column of ``table``, typed as the column."""
+    columns = schema.metadata.tables[table].c
+    dialect = postgresql.dialect()
+    return ", ".join(f"?::{columns[col].type.compile(dialect=dialect)}[]" for col in cols)
 
 
 _HELD = object()  #: what a priming transaction function yields at its held first statement
@@ -370,8 +599,12 @@ async def run_functions(
     whose row any function of the batch has written before its turn (``PgTx.written``, which
     also holds the writes made or buffered while priming), so every function sees what it
     would have read in its turn. A batch of creates, or of task operations, so costs one round
-    trip for those statements instead of one each. Each function's buffered writes are flushed
-    when it returns.
+    trip for those statements instead of one each.
+
+    From its turn on, each function buffers its writes into one buffer of the batch
+    (:meth:`PgTx.share`), which the next statement of any function joins or follows and the
+    batch's end sends, so the writes of many functions go out together. A function's writes
+    buffered while priming go in first, after the batch's when they may share a row.
     """
     if len(fns) == 1:
         tx = PgTx(conn)
@@ -402,15 +635,17 @@ async def run_functions(
         held = [txs[i] for i, it in enumerate(its) if it is not None]
         await _insert_held(conn, held)
         await _read_held(conn, held)
+        shared = _Writes()
         for i, it in enumerate(its):
             if it is None:
                 continue
             tx = txs[i]
             if tx.read_ahead is not None and (tx.read_ahead in written or None in written):
                 tx.held_result = _RUN
+            await tx.share(shared)
             results[i] = await _Rest(it, _HELD)
             its[i] = None
-            await tx.flush()
+        await shared.send(conn)
         return results
     finally:
         for it in its:
