@@ -208,11 +208,12 @@ class PgTx(SqlTx):
         """From now on, buffer into ``batch`` (the writes of the functions that ran before this
         one in its batch), after moving this function's writes there; should they share rows
         with ``batch``'s, ``batch``'s go first."""
-        mine = self.writes
+        mine, self.writes = self.writes, batch
+        if not mine:
+            return
         if batch.blocks_any(mine):
             await batch.send(self.c)
         batch.take(mine)
-        self.writes = batch
 
     async def _join_writes(
         self, sql: str, args: Sequence[Any], rows: Sequence[tuple[str, Rows]] | None = None
@@ -352,16 +353,22 @@ class _Writes:
         self.items.append((table, rows, sql, args))
         texts = self.texts
         texts[sql] = texts.get(sql, 0) + 1
-        columns = tuple([c for c, _ in rows])
         seen = self._seen.get(table)
         if seen is None:
             seen = self._seen[table] = {}
+        if len(rows) == 1:
+            (column, value), *_ = rows
+            columns: tuple[str, ...] = (column,)
+            values = seen.get(columns)
+            if values is None:
+                seen[columns] = {columns: {(value,)}}
+            else:
+                values[columns].add((value,))
+            return
+        columns = tuple([c for c, _ in rows])
         values = seen.get(columns)
         if values is None:
             values = seen[columns] = {subset: set() for subset, _ in _subsets(columns)}
-        if len(rows) == 1:
-            values[columns].add((rows[0][1],))
-            return
         for subset, at in _subsets(columns):
             values[subset].add(tuple([rows[i][1] for i in at]))
 
@@ -376,9 +383,9 @@ class _Writes:
         other.clear()
 
     def clear(self) -> None:
-        self.items = []
-        self.texts = {}
-        self._seen = {}
+        self.items.clear()
+        self.texts.clear()
+        self._seen.clear()
 
     def take_into(self, sql: str, args: Sequence[Any]) -> tuple[str, list[Any]]:
         """Empty the buffer into ``WITH`` clauses in front of ``sql`` (which may have its own).
