@@ -674,8 +674,15 @@ def test_a_batch_sends_its_functions_writes_together_and_in_order(
             task.state, task.version = "acquired", task.version + 1
             await tx.update_task(task)
             await tx.delete_callbacks(pid, ready_only=True)
-            await tx.insert_listener(pid, f"poll://any@{pid}")
+            await tx.insert_listener(pid, f"poll://any@{pid}-{task.version}")
             return task.version
+
+        return fn
+
+    def listen(pid: str, address: str) -> Any:
+        async def fn(tx: StoreTx) -> None:
+            await tx.get_promise(pid)
+            await tx.insert_listener(pid, address)
 
         return fn
 
@@ -707,13 +714,15 @@ def test_a_batch_sends_its_functions_writes_together_and_in_order(
             queries.clear()
             got = await batch(
                 store,
-                acquire("a"),  # writes a's row, and a listener on a
-                release("a"),  # must move that listener
-                acquire("a"),  # must read a again, and see the first acquire's version
+                acquire("a"),  # writes a's row, and a second listener on a
+                release("a"),  # reads a again (written), and moves both listeners
+                acquire("a"),  # reads a again too, and sees the first acquire's version
+                listen("c", "poll://any@c-x"),  # writes no promise or task row
+                release("c"),  # uses its shared read, and must still move c-x
                 acquire("d"),  # drops d's ready callbacks: none, (e, d) is not ready
                 release("e"),  # marks (e, d) ready; may join the writes above
             )
-            assert got == [2, (True, []), 3, 1, (False, ["d"])]
+            assert got == [2, (True, []), 3, None, (True, []), 1, (False, ["d"])], queries
             snap = await store.transact(lambda tx: tx.snapshot())
             assert [(t.id, t.state, t.version) for t in snap.tasks] == [
                 ("a", "acquired", 3),
@@ -725,12 +734,16 @@ def test_a_batch_sends_its_functions_writes_together_and_in_order(
             ]
             assert snap.callbacks == [("e", "d", True)]
             assert snap.listeners == [
-                ("a", "poll://any@a"),
-                ("b", "poll://any@b"),
-                ("c", "poll://any@c"),
-                ("d", "poll://any@d"),
+                ("a", "poll://any@a-3"),
+                ("b", "poll://any@b-1"),
+                ("d", "poll://any@d-1"),
             ]
-            assert snap.unblocks == [("a", "poll://any@a")]
+            assert snap.unblocks == [
+                ("a", "poll://any@a-1"),
+                ("a", "poll://any@a-2"),
+                ("c", "poll://any@c-1"),
+                ("c", "poll://any@c-x"),
+            ]
 
     asyncio.run(main())
 
