@@ -58,6 +58,15 @@ async def batch(store: PostgresStore, *fns: Any) -> list[Any]:
     return results
 
 
+def sent(store: PostgresStore) -> list[str]:
+    """The statements a one-lane store sends from now on, as they are sent."""
+    conn = store._lanes[0].conn
+    assert conn is not None
+    queries: list[str] = []
+    conn.add_query_logger(lambda q: queries.append(q.query))
+    return queries
+
+
 @pytest.fixture
 def private_cluster() -> Iterator[PostgresCluster]:
     """A cluster of this test's own, which the test may stop and start."""
@@ -550,10 +559,7 @@ def test_a_batch_of_creates_inserts_its_promises_in_one_statement(
     async def main() -> None:
         async with one_lane(cluster, database) as store:
             assert await store.transact(create("x")) is True
-            conn = store._lanes[0].conn
-            assert conn is not None
-            queries: list[str] = []
-            conn.add_query_logger(lambda q: queries.append(q.query))
+            queries = sent(store)
 
             got = await batch(store, create("a"), create("x"), read, create("b"))
             # the read was queued before b's create, and ran after the batch's one insert
@@ -616,10 +622,7 @@ def test_a_batch_reads_its_rows_in_one_statement_and_never_stale(
     async def main() -> None:
         async with one_lane(cluster, database) as store:
             await store.transact(setup)
-            conn = store._lanes[0].conn
-            assert conn is not None
-            queries: list[str] = []
-            conn.add_query_logger(lambda q: queries.append(q.query))
+            queries = sent(store)
 
             got = await batch(
                 store,
@@ -699,10 +702,7 @@ def test_a_batch_sends_its_functions_writes_together_and_in_order(
     async def main() -> None:
         async with one_lane(cluster, database) as store:
             await store.transact(setup)
-            conn = store._lanes[0].conn
-            assert conn is not None
-            queries: list[str] = []
-            conn.add_query_logger(lambda q: queries.append(q.query))
+            queries = sent(store)
 
             got = await batch(store, acquire("a"), acquire("b"), acquire("c"))
             assert got == [1, 1, 1]
