@@ -708,8 +708,9 @@ def connection_url(
 
 
 #: Lanes the store keeps using however busy the event loop is: with fewer, one batch that
-#: waits on a row lock holds up too large a share of the work.
-MIN_LANES = 3
+#: waits on a row lock would hold up all the work; with more, batches are smaller, and since a
+#: batch's writes go out together, each request then costs more round trips.
+MIN_LANES = 2
 #: Connections the store opens besides the lanes, for reads (:meth:`PostgresStore.read`).
 READERS = 2
 #: Seconds between two decisions of the lane controller (:func:`lanes_wanted`).
