@@ -75,9 +75,10 @@ def schedule_row(r: Sequence[Any]) -> Schedule:
     return Schedule(r[0], r[1], r[2], r[3], _loads(r[4]), _json(r[5]), r[6], r[7], r[8])
 
 
-#: Rows of one table: column/value pairs that every row a statement reads or writes has, before
-#: and after it; ``()`` is any row. Two such sets may share a row unless they name a column with
-#: different values.
+#: Rows of one table: column/value pairs that every row a statement reads or writes has (for a
+#: write that may wait in a buffer with others, both before and after it; for a statement sent
+#: together with writes buffered before it, before it); ``()`` is any row. Two such sets may
+#: share a row unless they name a column with different values.
 Rows = tuple[tuple[str, Any], ...]
 
 
